@@ -1,0 +1,244 @@
+"""The stack file (``homellm.yaml``): schema and loading with one-line, file:line errors."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from homellm.errors import ConfigError
+
+EngineName = Literal["transformers", "vllm", "sglang", "llamacpp"]
+ENGINE_NAMES: tuple[str, ...] = ("transformers", "vllm", "sglang", "llamacpp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplicaConfig(_Strict):
+    """One engine process (or one remote backend, when ``url`` is given)."""
+
+    gpus: list[int] = Field(default_factory=list, description="GPU indices; [] means CPU")
+    role: Literal["primary", "backup"] = "primary"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    url: str | None = Field(default=None, description="remote backend base URL; not started here")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_unique(cls, gpus: list[int]) -> list[int]:
+        if any(g < 0 for g in gpus):
+            raise ValueError("GPU indices are 0 or more")
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"a GPU is listed twice in {gpus}")
+        return gpus
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+        return url.rstrip("/") if url else url
+
+
+class ModelConfig(_Strict):
+    source: str = Field(description="a local Hugging Face folder, a .gguf file, or a hub id")
+    engine: EngineName = "transformers"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_context: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine_args: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    replicas: list[ReplicaConfig] = Field(min_length=1)
+
+
+class HealthConfig(_Strict):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    fail_threshold: int = Field(default=2, ge=1, description="passive failures before ejection")
+    cooldown_s: float = Field(default=10.0, ge=0)
+
+
+class TimeoutConfig(_Strict):
+    connect_s: float = Field(default=5.0, gt=0)
+    first_token_s: float = Field(default=600.0, gt=0, description="long prefills are not stalls")
+    between_tokens_s: float = Field(default=60.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    listen: str = "127.0.0.1:8080"
+    api_keys_file: str | None = None
+    max_attempts: int = Field(default=3, ge=1, description="backends tried before the first byte")
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_form(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {listen!r}")
+        if host not in ("localhost", "0.0.0.0", "::") and not host.startswith("["):
+            try:
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ValueError(f"expected an IP address or localhost, got {host!r}") from exc
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class SupervisorConfig(_Strict):
+    ready_timeout_s: float = Field(default=600.0, gt=0)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    crash_loop_restarts: int = Field(default=5, ge=1)
+    crash_loop_window_s: float = Field(default=120.0, gt=0)
+    stop_grace_s: float = Field(default=10.0, gt=0)
+    log_max_bytes: int = Field(default=10_000_000, ge=10_000)
+    log_backups: int = Field(default=3, ge=0)
+
+
+class StackConfig(_Strict):
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    run_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StackConfig:
+        seen_gpu: dict[int, str] = {}
+        seen_port: dict[tuple[str, int], str] = {(self.gateway.host, self.gateway.port): "gateway"}
+        for name, model in self.models.items():
+            for index, replica in enumerate(model.replicas):
+                where = f"models.{name}.replicas.{index}"
+                if replica.url is None and model.engine != "transformers" and not replica.gpus:
+                    if model.engine in ("vllm", "sglang"):
+                        raise ValueError(f"{where}.gpus: {model.engine} needs at least one GPU")
+                for gpu in replica.gpus:
+                    if gpu in seen_gpu:
+                        raise ValueError(
+                            f"{where}.gpus: GPU {gpu} is already used by {seen_gpu[gpu]}"
+                        )
+                    seen_gpu[gpu] = where
+                if replica.port is not None and replica.url is None:
+                    key = (replica.host, replica.port)
+                    if key in seen_port:
+                        raise ValueError(
+                            f"{where}.port: port {replica.port} is already used by {seen_port[key]}"
+                        )
+                    seen_port[key] = where
+            if not any(r.role == "primary" for r in model.replicas):
+                raise ValueError(f"models.{name}.replicas: at least one replica must be primary")
+        return self
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Map every key path in the YAML document to its 1-based line."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key), out)
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_index(item, (*path, index), out)
+
+
+def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    for cut in range(len(loc), -1, -1):
+        key = tuple(str(p) if not isinstance(p, int) else p for p in loc[:cut])
+        if key in lines:
+            return lines[key]
+    return None
+
+
+def _field_path_from_message(message: str) -> tuple[Any, ...] | None:
+    head = message.split(":", 1)[0]
+    if "." not in head or " " in head:
+        return None
+    return tuple(int(p) if p.isdigit() else p for p in head.split("."))
+
+
+def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
+    """Validate stack-file text; raise ConfigError 'FILE:LINE: field: what was expected'."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: expected a mapping with a 'models:' section")
+    lines: dict[tuple[Any, ...], int] = {}
+    if root is not None:
+        _line_index(root, (), lines)
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "literal_error":
+            message = f"expected {error['ctx']['expected']}, got {error['input']!r}"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        field_path = _field_path_from_message(message) if not loc else None
+        if field_path is not None:
+            loc, message = field_path, message.split(": ", 1)[1]
+        line = _nearest_line(lines, loc)
+        where = ".".join(str(p) for p in loc) or "(top)"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{filename}:{line or 1}: {where}: {message}{more}") from None
+
+
+def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
+    """Read and validate a stack file; relative model folders resolve against the file's folder."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: stack file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the stack file: {exc}") from None
+    stack = parse_stack(text, str(file))
+    base = file.resolve().parent
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_index(yaml.compose(text), (), lines)
+    for name, model in stack.models.items():
+        resolved = resolve_source(model.source, base)
+        if resolved is not None:
+            model.source = str(resolved)
+        elif check_sources and _looks_local(model.source):
+            line = lines.get(("models", name, "source"), 1)
+            raise ConfigError(
+                f"{file}:{line}: models.{name}.source: model folder {model.source!r} not found"
+            )
+    return stack
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") != 1
+
+
+def resolve_source(source: str, base: Path) -> Path | None:
+    """A source that names an existing file or folder (relative to ``base``) becomes absolute."""
+    candidate = Path(source).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    return candidate.resolve() if candidate.exists() else None

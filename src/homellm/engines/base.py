@@ -1,0 +1,71 @@
+"""What every engine adapter produces: the exact process to start and how to tell it is ready."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from homellm.config import ModelConfig, ReplicaConfig
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One replica, resolved: the command, its added environment, and where it answers."""
+
+    model: str  # the public model name (stack-file key)
+    replica: str  # "MODEL/INDEX", unique in the stack
+    role: str  # primary | backup
+    argv: list[str]  # empty for a remote backend (nothing to start)
+    env: dict[str, str]  # added to the inherited environment
+    base_url: str  # http://host:port, no trailing slash; OpenAI routes live under /v1
+    health_url: str  # GET → 200 when ready to serve
+    upstream_model: str  # the name to put in the request's "model" field for this engine
+    engine: str
+    gpus: list[int] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        return not self.argv
+
+
+def engine_flag(name: str) -> str:
+    """``max_model_len`` and ``max-model-len`` both become ``--max-model-len``."""
+    return "--" + name.lstrip("-").replace("_", "-")
+
+
+def render_engine_args(args: dict[str, str | int | float | bool | None]) -> list[str]:
+    """``{flag: value}`` → argv; ``True`` or ``None`` is a bare flag, ``False`` leaves it out."""
+    argv: list[str] = []
+    for name, value in args.items():
+        if value is False:
+            continue
+        argv.append(engine_flag(name))
+        if value is not True and value is not None:
+            argv.append(str(value))
+    return argv
+
+
+class EngineAdapter(ABC):
+    """Builds the command for one engine. Knows nothing of networking beyond the health URL."""
+
+    name: str
+    # the version whose documentation the emitted flags were checked against
+    documented_version: str
+
+    @abstractmethod
+    def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
+               index: int, port: int) -> LaunchSpec:
+        """The process for replica ``index`` of ``model``, listening on ``port``."""
+
+    @abstractmethod
+    def help_argv(self, spec: LaunchSpec) -> list[str]:
+        """A command whose output lists every flag the installed engine accepts."""
+
+    def flags_to_check(self, spec: LaunchSpec) -> list[str]:
+        """The ``--flags`` in the launch command (values and positionals left out)."""
+        return sorted({a.split("=", 1)[0] for a in spec.argv if a.startswith("--")})
+
+    @staticmethod
+    def cuda_env(gpus: list[int]) -> dict[str, str]:
+        # an empty CUDA_VISIBLE_DEVICES hides every GPU, so a CPU replica cannot grab one by accident
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
