@@ -1,1 +1,128 @@
-"""placeholder"""
+"""The ``homellm`` command: parse, call one function, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from homellm import __version__
+from homellm.errors import HomellmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Run, protect, measure and train your own LLMs on your own GPUs.")
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+StackOption = Annotated[Path, typer.Option("--config", "-c", help="stack file (homellm.yaml)")]
+
+
+def _fail(exc: HomellmError) -> NoReturn:
+    message = str(exc)
+    first, _, rest = message.partition("\n")
+    err_console.print(f"[red]error:[/] {first}", markup=True, soft_wrap=True)
+    if rest:
+        err_console.print(rest, markup=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"homellm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False
+         ) -> None:
+    """homellm: serve models from one stack file behind a failover gateway, and more."""
+
+
+@app.command()
+def check(config: StackOption = Path("homellm.yaml"),
+          json_output: Annotated[bool, typer.Option("--json")] = False,
+          engines: Annotated[bool, typer.Option(
+              "--preflight", help="also ask each installed engine whether it accepts our flags")
+          ] = False) -> None:
+    """Validate a stack file and print the processes it resolves to."""
+    from homellm.engines.preflight import preflight
+    from homellm.engines.registry import resolve_stack
+    from homellm.config import load_stack
+
+    try:
+        stack = load_stack(config)
+        specs = resolve_stack(stack)
+        if engines:
+            specs = [preflight(s) for s in specs]
+    except HomellmError as exc:
+        _fail(exc)
+    rows = [{"replica": s.replica, "role": s.role, "engine": s.engine, "gpus": s.gpus,
+             "command": s.argv, "env": s.env, "url": s.base_url, "health_url": s.health_url,
+             "upstream_model": s.upstream_model, "remote": s.remote} for s in specs]
+    if json_output:
+        print(json.dumps({"stack": str(config), "gateway": stack.gateway.listen,
+                          "replicas": rows}, indent=2))
+        return
+    import shlex
+
+    console.print(f"[bold]{config}[/]: valid; gateway on {stack.gateway.listen}")
+    for row in rows:
+        gpus = ",".join(map(str, row["gpus"])) or "CPU"
+        console.print(f"\n[bold]{row['replica']}[/] {row['role']} {row['engine']} on {gpus} "
+                      f"→ {row['url']} (ready when {row['health_url']} answers 200)")
+        if row["remote"]:
+            console.print("  remote backend: not started here")
+            continue
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in row["env"].items())
+        console.print(f"  {env} \\\n  {shlex.join(row['command'])}", markup=False,
+                      soft_wrap=True)
+
+
+@app.command()
+def up(config: StackOption = Path("homellm.yaml"),
+       run_dir: Annotated[Path | None, typer.Option(help="logs and state (default: under "
+                                                       "$HOMELLM_HOME/runs)")] = None) -> None:
+    """Start every engine of the stack file, supervised, behind the gateway, until Ctrl-C."""
+    from homellm.up import default_run_dir, load_stack, run_loop, serve_stack
+
+    try:
+        stack = load_stack(config)
+        folder = run_dir or (Path(stack.run_dir) if stack.run_dir else default_run_dir(config))
+        code = run_loop(lambda: serve_stack(stack, folder, console))
+    except HomellmError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(int(code or 0))
+
+
+@app.command()
+def demo(port: Annotated[int, typer.Option(help="gateway port (the next free one if taken)")]
+         = 8080,
+         exit_after_drill: Annotated[bool, typer.Option(
+             "--exit-after-drill", help="exit after the failover drill (for scripts)")] = False,
+         json_output: Annotated[bool, typer.Option("--json", help="print the drill as JSON")]
+         = False) -> None:
+    """Serve an embedded tiny model as primary + backup and run a failover drill (no GPU)."""
+    from homellm.demo_run import run_demo
+    from homellm.up import run_loop
+
+    try:
+        code = run_loop(lambda: run_demo(console, port, exit_after_drill, json_output))
+    except HomellmError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(int(code or 0))
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())
+
+if __name__ == "__main__":  # python -m homellm.cli
+    app()

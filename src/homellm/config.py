@@ -75,12 +75,13 @@ class GatewayConfig(_Strict):
     health: HealthConfig = Field(default_factory=HealthConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
 
-    @field_validator("listen")
+    @field_validator("listen", mode="before")
     @classmethod
-    def _listen_form(cls, listen: str) -> str:
+    def _listen_form(cls, listen: object) -> str:
+        listen = str(listen)
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT, got {listen!r}")
+            raise ValueError(f"expected HOST:PORT (like 127.0.0.1:8080), got {listen!r}")
         if host not in ("localhost", "0.0.0.0", "::") and not host.startswith("["):
             try:
                 ipaddress.ip_address(host)
@@ -121,9 +122,8 @@ class StackConfig(_Strict):
         for name, model in self.models.items():
             for index, replica in enumerate(model.replicas):
                 where = f"models.{name}.replicas.{index}"
-                if replica.url is None and model.engine != "transformers" and not replica.gpus:
-                    if model.engine in ("vllm", "sglang"):
-                        raise ValueError(f"{where}.gpus: {model.engine} needs at least one GPU")
+                if replica.url is None and model.engine in ("vllm", "sglang") and not replica.gpus:
+                    raise ValueError(f"{where}.gpus: {model.engine} needs at least one GPU")
                 for gpu in replica.gpus:
                     if gpu in seen_gpu:
                         raise ValueError(

@@ -22,6 +22,8 @@ class LaunchSpec:
     upstream_model: str  # the name to put in the request's "model" field for this engine
     engine: str
     gpus: list[int] = field(default_factory=list)
+    # flags dropped, not refused, when the installed engine lacks them (nice-to-have features)
+    optional_flags: tuple[str, ...] = ()
 
     @property
     def remote(self) -> bool:
@@ -67,5 +69,5 @@ class EngineAdapter(ABC):
 
     @staticmethod
     def cuda_env(gpus: list[int]) -> dict[str, str]:
-        # an empty CUDA_VISIBLE_DEVICES hides every GPU, so a CPU replica cannot grab one by accident
+        # an empty CUDA_VISIBLE_DEVICES hides every GPU: a CPU replica cannot grab one by accident
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}

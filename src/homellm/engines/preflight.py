@@ -1,0 +1,55 @@
+"""Before start: ask the installed engine for its own --help and refuse flags it does not know."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+
+from homellm.engines.base import LaunchSpec
+from homellm.engines.registry import adapter_for
+from homellm.errors import EngineError
+
+_FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w.-]*)")
+_help_cache: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def accepted_flags(help_argv: list[str], timeout_s: float = 180.0) -> frozenset[str]:
+    """Every ``--flag`` that appears in the engine's help text (cached per command)."""
+    key = tuple(help_argv)
+    if key in _help_cache:
+        return _help_cache[key]
+    try:
+        done = subprocess.run(help_argv, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except FileNotFoundError:
+        raise EngineError(f"engine command not found: {help_argv[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"'{' '.join(help_argv)}' did not finish in {timeout_s:.0f} s") from None
+    text = done.stdout + done.stderr
+    flags = frozenset(m.rstrip(".") for m in _FLAG.findall(text))
+    if done.returncode != 0 or "--port" not in flags:
+        last = (text.strip().splitlines() or ["no output"])[-1]
+        raise EngineError(f"'{' '.join(help_argv[:4])}' failed (is the engine installed?): {last}")
+    _help_cache[key] = flags
+    return flags
+
+
+def preflight(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with unsupported optional flags dropped; EngineError on any other unknown flag."""
+    if spec.remote:
+        return spec
+    adapter = adapter_for(spec.engine)
+    flags = accepted_flags(adapter.help_argv(spec))
+    unknown = [f for f in adapter.flags_to_check(spec) if f not in flags]
+    refused = [f for f in unknown if f not in spec.optional_flags]
+    if refused:
+        raise EngineError(
+            f"{spec.replica}: the installed {spec.engine} does not accept {', '.join(refused)} "
+            f"(checked with '{' '.join(adapter.help_argv(spec)[-3:])}'); fix engine_args in the "
+            "stack file or upgrade the engine"
+        )
+    if not unknown:
+        return spec
+    argv = [a for a in spec.argv if a.split("=", 1)[0] not in unknown]
+    return dataclasses.replace(spec, argv=argv, optional_flags=())

@@ -1,0 +1,71 @@
+"""Stack file → one LaunchSpec per replica: adapter choice and port assignment."""
+
+from __future__ import annotations
+
+import socket
+
+from homellm.config import StackConfig
+from homellm.engines.base import EngineAdapter, LaunchSpec
+from homellm.engines.sglang import SglangAdapter
+from homellm.engines.transformers import TransformersAdapter
+from homellm.engines.vllm import VllmAdapter
+from homellm.errors import ConfigError
+
+FIRST_ENGINE_PORT = 8100
+
+
+def adapter_for(engine: str) -> EngineAdapter:
+    if engine == "transformers":
+        return TransformersAdapter()
+    if engine == "vllm":
+        return VllmAdapter()
+    if engine == "sglang":
+        return SglangAdapter()
+    if engine == "llamacpp":
+        from homellm.engines.llamacpp import LlamaCppAdapter
+
+        return LlamaCppAdapter()
+    raise ConfigError(f"unknown engine {engine!r}: expected transformers, vllm, sglang or llamacpp")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _next_free_port(host: str, start: int, taken: set[int]) -> int:
+    port = start
+    while port in taken or not port_is_free(host, port):
+        port += 1
+        if port > 65535:
+            raise ConfigError(f"no free port for an engine on {host} from {start} up")
+    return port
+
+
+HEALTH_PATHS = {"transformers": "/health", "vllm": "/health", "sglang": "/health",
+                "llamacpp": "/health"}
+
+
+def resolve_stack(stack: StackConfig) -> list[LaunchSpec]:
+    """Every replica as a LaunchSpec; replicas without a port get the next free one from 8100."""
+    specs: list[LaunchSpec] = []
+    taken = {stack.gateway.port}
+    taken |= {r.port for m in stack.models.values() for r in m.replicas if r.port and not r.url}
+    for name, model in stack.models.items():
+        adapter = adapter_for(model.engine)
+        for index, replica in enumerate(model.replicas):
+            if replica.url:
+                specs.append(LaunchSpec(
+                    model=name, replica=f"{name}/{index}", role=replica.role, argv=[], env={},
+                    base_url=replica.url, health_url=replica.url + HEALTH_PATHS[model.engine],
+                    upstream_model=name, engine=model.engine, gpus=list(replica.gpus),
+                ))
+                continue
+            port = replica.port or _next_free_port(replica.host, FIRST_ENGINE_PORT, taken)
+            taken.add(port)
+            specs.append(adapter.launch(name, model, replica, index, port))
+    return specs

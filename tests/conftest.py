@@ -1,0 +1,46 @@
+"""Shared fixtures: free ports, the demo model (built once per session), the --run-slow switch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the slow end-to-end tests (real engine processes)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Nothing a test does lands in the user's ~/.cache/homellm."""
+    if "HOMELLM_HOME" not in os.environ or os.environ.get("HOMELLM_TEST_HOME"):
+        home = tmp_path_factory.getbasetemp() / "homellm-home"
+        monkeypatch.setenv("HOMELLM_HOME", str(home))
+        monkeypatch.setenv("HOMELLM_TEST_HOME", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real demo model (tokenizer + tiny Qwen3 in HF format), built once for the session."""
+    from homellm.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("models") / "demo")

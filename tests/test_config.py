@@ -1,0 +1,104 @@
+"""Stack-file validation: every broken file gives one line naming file:line and field, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homellm.config import load_stack, parse_stack
+from homellm.errors import ConfigError
+
+GOOD = """\
+models:
+  qwen:
+    source: Qwen/Qwen3-30B-A3B
+    engine: vllm
+    replicas:
+      - {gpus: [0], role: primary}
+      - {gpus: [1], role: backup}
+gateway:
+  listen: 127.0.0.1:8080
+"""
+
+BROKEN = [
+    # (stack text, expected fragment of the message, expected line)
+    ("models:\n  a:\n    source: x/y\n    engine: vllmx\n    replicas: [{gpus: [0]}]\n",
+     "models.a.engine: expected 'transformers', 'vllm', 'sglang' or 'llamacpp', got 'vllmx'", 4),
+    ("models:\n  a:\n    source: x/y\n    engine: vllm\n    replicas:\n      - {gpus: [0]}\n"
+     "      - {gpus: [0], role: backup}\n",
+     "models.a.replicas.1.gpus: GPU 0 is already used by models.a.replicas.0", 7),
+    ("models:\n  a:\n    source: x/y\n    replicas:\n      - {port: 9001}\n"
+     "      - {port: 9001, role: backup}\n",
+     "models.a.replicas.1.port: port 9001 is already used by models.a.replicas.0", 6),
+    ("models:\n  a:\n    source: x/y\n    replicas:\n      - {port: 8080}\n",
+     "port 8080 is already used by gateway", 5),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{gpus: [0]}\n", "YAML syntax error", 5),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{gpus: [1, 1]}]\n",
+     "a GPU is listed twice", 4),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{role: backup}]\n",
+     "at least one replica must be primary", 4),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{role: standby}]\n",
+     "expected 'primary' or 'backup', got 'standby'", 4),
+    ("models:\n  a:\n    source: x/y\n    engin: vllm\n    replicas: [{}]\n",
+     "models.a.engin: unknown field", 4),
+    ("models:\n  a:\n    engine: vllm\n    replicas: [{gpus: [0]}]\n",
+     "models.a.source: required field is missing", 2),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{}]\ngateway:\n  listen: 8080\n",
+     "gateway.listen: expected HOST:PORT (like 127.0.0.1:8080), got '8080'", 6),
+    ("models:\n  a:\n    source: x/y\n    engine: vllm\n    replicas: [{}]\n",
+     "models.a.replicas.0.gpus: vllm needs at least one GPU", 5),
+    ("- just\n- a list\n", "expected a mapping with a 'models:' section", 1),
+]
+
+
+def test_good_stack_parses() -> None:
+    stack = parse_stack(GOOD)
+    assert [r.role for r in stack.models["qwen"].replicas] == ["primary", "backup"]
+    assert stack.gateway.port == 8080
+
+
+@pytest.mark.parametrize(("text", "fragment", "line"), BROKEN)
+def test_broken_stack_names_file_line_and_field(text: str, fragment: str, line: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_stack(text, "stack.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"stack.yaml:{line}: "), message
+    assert fragment in message
+    assert info.value.exit_code == 2
+
+
+def test_missing_model_folder(tmp_path: Path) -> None:
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text("models:\n  a:\n    source: ./no-such-model\n    replicas: [{}]\n")
+    with pytest.raises(ConfigError, match=r"homellm.yaml:3: models.a.source: model folder "
+                                          r"'./no-such-model' not found"):
+        load_stack(stack)
+
+
+def test_relative_source_resolves_against_stack_folder(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text("models:\n  a:\n    source: ./m\n    replicas: [{}]\n")
+    assert load_stack(stack).models["a"].source == str((tmp_path / "m").resolve())
+
+
+def test_check_cli_exit_code_and_one_line(tmp_path: Path) -> None:
+    stack = tmp_path / "bad.yaml"
+    stack.write_text(BROKEN[0][0])
+    done = subprocess.run([sys.executable, "-m", "homellm.cli", "check", "-c", str(stack)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bad.yaml:4: models.a.engine" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_cli_missing_file(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "homellm.cli", "check", "-c",
+                           str(tmp_path / "nope.yaml")], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and "stack file not found" in done.stderr
