@@ -50,9 +50,9 @@ def check(config: StackOption = Path("homellm.yaml"),
               "--preflight", help="also ask each installed engine whether it accepts our flags")
           ] = False) -> None:
     """Validate a stack file and print the processes it resolves to."""
+    from homellm.config import load_stack
     from homellm.engines.preflight import preflight
     from homellm.engines.registry import resolve_stack
-    from homellm.config import load_stack
 
     try:
         stack = load_stack(config)

@@ -15,7 +15,7 @@ def homellm_home() -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    """Temp file in the same folder, fsync, rename: readers see old or new, never half."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

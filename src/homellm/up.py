@@ -1,0 +1,177 @@
+"""``homellm up``: stack file → engine processes (supervised) → gateway, until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from homellm.config import GatewayConfig, StackConfig, load_stack  # noqa: F401 (re-export)
+from homellm.engines.base import LaunchSpec
+from homellm.engines.preflight import preflight
+from homellm.engines.registry import resolve_stack
+from homellm.errors import ConfigError
+from homellm.fsutil import homellm_home
+from homellm.gateway.app import Gateway
+from homellm.gateway.backends import BackendInfo
+from homellm.supervisor import EventCallback, Supervisor
+
+
+@dataclass
+class Running:
+    """A live stack: what ``up`` and ``demo`` hold while serving."""
+
+    stack: StackConfig
+    specs: list[LaunchSpec]
+    supervisor: Supervisor
+    gateway: Gateway
+    url: str  # the gateway's base URL
+    run_dir: Path
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``up`` owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+def default_run_dir(stack_file: Path) -> Path:
+    return homellm_home() / "runs" / stack_file.resolve().stem
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(config: GatewayConfig) -> socket.socket:
+    if config.api_keys_file:
+        raise ConfigError("gateway.api_keys_file: API keys are not implemented yet; remove it "
+                          "and listen on loopback only")
+    if not _is_loopback(config.host):
+        raise ConfigError(f"gateway.listen: {config.listen} is not loopback, and no API keys are "
+                          "configured; listen on 127.0.0.1 (or put keys in front)")
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"gateway.listen: cannot listen on {config.listen}: "
+                          f"{exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def backends_of(specs: list[LaunchSpec]) -> list[BackendInfo]:
+    return [BackendInfo(model=s.model, name=s.replica, role=s.role, base_url=s.base_url,
+                        health_url=s.health_url, upstream_model=s.upstream_model) for s in specs]
+
+
+@contextlib.asynccontextmanager
+async def running_stack(stack: StackConfig, run_dir: Path,
+                        on_event: EventCallback | None = None,
+                        on_phase: Callable[[str], None] | None = None) -> AsyncIterator[Running]:
+    """Start engines (waiting for readiness), then the gateway; stop both on exit."""
+    phase = on_phase or (lambda text: None)
+    sock = _bind(stack.gateway)  # fail on a taken port before starting any engine
+    try:
+        specs = resolve_stack(stack)
+        phase("checking engine flags against the installed engines")
+        specs = [preflight(spec) for spec in specs]
+        supervisor = Supervisor(specs, stack.supervisor, run_dir, on_event)
+        phase(f"starting {sum(not s.remote for s in specs)} engine process(es)")
+        await supervisor.start_all()
+    except BaseException:
+        sock.close()
+        raise
+    gateway = Gateway(backends_of(specs), stack.gateway)
+    server = _Server(uvicorn.Config(gateway.app, log_level="warning", lifespan="off",
+                                    access_log=False, timeout_graceful_shutdown=5))
+    serve_task: asyncio.Task[None] | None = None
+    try:
+        await gateway.start()
+        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serve_task.done():
+                serve_task.result()
+                raise ConfigError(f"gateway.listen: the gateway on {stack.gateway.listen} "
+                                  "stopped while starting")
+            await asyncio.sleep(0.02)
+        host = stack.gateway.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{stack.gateway.port}"
+        yield Running(stack, specs, supervisor, gateway, url, run_dir)
+    finally:
+        server.should_exit = True
+        if serve_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(serve_task, 10)
+        await gateway.stop()
+        await supervisor.stop_all()
+        sock.close()
+
+
+async def wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; return the signal number."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def cancel_on_sigterm() -> None:
+    """SIGTERM while engines start cancels the start (which stops them), like Ctrl-C does."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+async def serve_stack(stack: StackConfig, run_dir: Path, console: Console) -> int:
+    """``homellm up``: start the stack, print where it answers, serve until a signal."""
+    cancel_on_sigterm()
+
+    def on_event(replica: str, event: str, detail: str) -> None:
+        console.print(f"{time.strftime('%H:%M:%S')} {replica}: {event} {detail}")
+
+    async with running_stack(stack, run_dir, on_event, console.print) as running:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        console.print(f"gateway {running.url}/v1 serving "
+                      f"{', '.join(stack.models)}; logs in {run_dir / 'logs'}; Ctrl-C stops")
+        received = await wait_for_signal()
+        console.print(f"{signal.Signals(received).name}: stopping engines")
+    return 0
+
+
+def run_loop(coro_factory: Callable[[], object]) -> object:
+    """Run a coroutine on uvloop when installed (faster gateway), else asyncio's loop."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro_factory())  # type: ignore[arg-type]
