@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from homellm import __version__
-from homellm.errors import HomellmError
+from homellm.errors import ConfigError, HomellmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run, protect, measure and train your own LLMs on your own GPUs.")
@@ -38,9 +38,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="print the version and exit")] = False
+                                                help="print the version and exit")] = False,
+         log_level: Annotated[str, typer.Option(help="debug, info, warning or error")]
+         = "warning",
+         log_json: Annotated[bool, typer.Option("--log-json", help="log lines as JSON")] = False
          ) -> None:
     """homellm: serve models from one stack file behind a failover gateway, and more."""
+    from homellm.logsetup import setup_logging
+
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        _fail(ConfigError(f"--log-level: expected debug, info, warning or error, got "
+                          f"{log_level!r}"))
+    setup_logging(log_level, log_json)
 
 
 @app.command()
