@@ -95,7 +95,7 @@ async def running_stack(stack: StackConfig, run_dir: Path,
     try:
         specs = resolve_stack(stack)
         phase("checking engine flags against the installed engines")
-        specs = [preflight(spec) for spec in specs]
+        specs = [await asyncio.to_thread(preflight, spec) for spec in specs]
         supervisor = Supervisor(specs, stack.supervisor, run_dir, on_event)
         phase(f"starting {sum(not s.remote for s in specs)} engine process(es)")
         await supervisor.start_all()

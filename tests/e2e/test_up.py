@@ -153,18 +153,18 @@ def test_engine_that_never_gets_ready_fails_up_with_its_log(tmp_path: Path) -> N
     assert engine_pids(run_dir) == {}
 
 
-def test_sigterm_stops_everything_and_sigkill_leaves_no_engine(demo_model: Path,
+def test_sigterm_and_ctrl_c_stop_everything_and_sigkill_leaves_no_engine(demo_model: Path,
                                                                tmp_path: Path) -> None:
     gateway = free_port()
     stack = write_stack(tmp_path / "homellm.yaml", demo_model, gateway, [free_port()])
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         run_dir, log = tmp_path / f"run-{sig.name}", tmp_path / f"up-{sig.name}.log"
         process = start_up(stack, run_dir, log)
         wait_ready(f"http://127.0.0.1:{gateway}", process, log)
         assert len(engine_pids(run_dir)) == 1
         process.send_signal(sig)
         code = process.wait(30)
-        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()
+        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), log.read_text()
         deadline = time.monotonic() + 10
         while engine_pids(run_dir) and time.monotonic() < deadline:
             time.sleep(0.1)

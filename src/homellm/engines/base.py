@@ -71,3 +71,31 @@ class EngineAdapter(ABC):
     def cuda_env(gpus: list[int]) -> dict[str, str]:
         # an empty CUDA_VISIBLE_DEVICES hides every GPU: a CPU replica cannot grab one by accident
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+
+
+class ServedModelAdapter(EngineAdapter):
+    """Engines serving under ``--served-model-name`` with TP/context/dtype flags (vLLM, SGLang)."""
+
+    tensor_parallel_flag: str
+    context_flag: str
+
+    @abstractmethod
+    def head_argv(self, model: ModelConfig, replica: ReplicaConfig, port: int) -> list[str]:
+        """The command up to and including model, host and port."""
+
+    def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
+               index: int, port: int) -> LaunchSpec:
+        argv = [*self.head_argv(model, replica, port), "--served-model-name", model_name]
+        if len(replica.gpus) > 1:
+            argv += [self.tensor_parallel_flag, str(len(replica.gpus))]
+        if model.max_context:
+            argv += [self.context_flag, str(model.max_context)]
+        if model.dtype != "auto":
+            argv += ["--dtype", model.dtype]
+        argv += render_engine_args(model.engine_args)
+        base = f"http://{replica.host}:{port}"
+        return LaunchSpec(
+            model=model_name, replica=f"{model_name}/{index}", role=replica.role, argv=argv,
+            env=self.cuda_env(replica.gpus), base_url=base, health_url=f"{base}/health",
+            upstream_model=model_name, engine=self.name, gpus=list(replica.gpus),
+        )
