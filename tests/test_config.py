@@ -74,9 +74,30 @@ def test_broken_stack_names_file_line_and_field(text: str, fragment: str, line: 
 def test_missing_model_folder(tmp_path: Path) -> None:
     stack = tmp_path / "homellm.yaml"
     stack.write_text("models:\n  a:\n    source: ./no-such-model\n    replicas: [{}]\n")
-    with pytest.raises(ConfigError, match=r"homellm.yaml:3: models.a.source: model folder "
+    with pytest.raises(ConfigError, match=r"homellm.yaml:3: models.a.source: model "
                                           r"'./no-such-model' not found"):
         load_stack(stack)
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    replicas:\n"
+                     "      - {role: primary}\n      - role: backup\n        engine: llamacpp\n"
+                     "        source: ./missing.gguf\n")
+    with pytest.raises(ConfigError, match=r"homellm.yaml:8: models.a.replicas.1.source: model "
+                                          r"'./missing.gguf' not found"):
+        load_stack(stack)
+
+
+def test_replica_overrides_engine_source_and_args() -> None:
+    stack = parse_stack("models:\n  a:\n    source: org/model\n    engine: vllm\n"
+                        "    engine_args: {enforce_eager: true}\n    replicas:\n"
+                        "      - {gpus: [0]}\n"
+                        "      - {role: backup, engine: llamacpp, source: /m.gguf,"
+                        " engine_args: {}}\n")
+    model = stack.models["a"]
+    primary, backup = (model.for_replica(r) for r in model.replicas)
+    assert (primary.engine, primary.source, primary.engine_args) == (
+        "vllm", "org/model", {"enforce_eager": True})
+    assert (backup.engine, backup.source, backup.engine_args) == ("llamacpp", "/m.gguf", {})
+    with pytest.raises(ConfigError, match=r"replicas\.0\.gpus: sglang needs at least one GPU"):
+        parse_stack("models:\n  a:\n    source: o/m\n    replicas: [{engine: sglang}]\n")
 
 
 def test_relative_source_resolves_against_stack_folder(tmp_path: Path) -> None:

@@ -130,6 +130,20 @@ def demo(port: Annotated[int, typer.Option(help="gateway port (the next free one
     raise typer.Exit(int(code or 0))
 
 
+@app.command()
+def gguf(model_dir: Annotated[Path, typer.Argument(help="a Hugging Face model folder")],
+         out_file: Annotated[Path, typer.Argument(help="the .gguf file to write")],
+         outtype: Annotated[str, typer.Option(help="f32, f16, bf16, q8_0, ...")] = "f32") -> None:
+    """Convert a Hugging Face model folder to GGUF for llama.cpp, with llama.cpp's converter."""
+    from homellm.engines.gguf import convert_to_gguf
+
+    try:
+        written = convert_to_gguf(model_dir, out_file, outtype)
+    except HomellmError as exc:
+        _fail(exc)
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
 def entry() -> None:  # pragma: no cover - console script shim
     sys.exit(app())
 

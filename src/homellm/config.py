@@ -27,6 +27,11 @@ class ReplicaConfig(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     host: str = "127.0.0.1"
     url: str | None = Field(default=None, description="remote backend base URL; not started here")
+    # per-replica overrides of the model's settings: a GGUF backup on llama.cpp behind a
+    # transformers or vLLM primary, for example
+    engine: EngineName | None = None
+    source: str | None = None
+    engine_args: dict[str, str | int | float | bool | None] | None = None
 
     @field_validator("gpus")
     @classmethod
@@ -46,6 +51,8 @@ class ReplicaConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """One served model; ``replicas`` may override engine, source and engine_args each."""
+
     source: str = Field(description="a local Hugging Face folder, a .gguf file, or a hub id")
     engine: EngineName = "transformers"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -53,6 +60,12 @@ class ModelConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_args: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     replicas: list[ReplicaConfig] = Field(min_length=1)
+
+    def for_replica(self, replica: ReplicaConfig) -> ModelConfig:
+        """This model as one replica runs it, its overrides applied."""
+        update = {key: value for key in ("engine", "source", "engine_args")
+                  if (value := getattr(replica, key)) is not None}
+        return self.model_copy(update=update) if update else self
 
 
 class HealthConfig(_Strict):
@@ -122,8 +135,9 @@ class StackConfig(_Strict):
         for name, model in self.models.items():
             for index, replica in enumerate(model.replicas):
                 where = f"models.{name}.replicas.{index}"
-                if replica.url is None and model.engine in ("vllm", "sglang") and not replica.gpus:
-                    raise ValueError(f"{where}.gpus: {model.engine} needs at least one GPU")
+                engine = replica.engine or model.engine
+                if replica.url is None and engine in ("vllm", "sglang") and not replica.gpus:
+                    raise ValueError(f"{where}.gpus: {engine} needs at least one GPU")
                 for gpu in replica.gpus:
                     if gpu in seen_gpu:
                         raise ValueError(
@@ -221,14 +235,18 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
     lines: dict[tuple[Any, ...], int] = {}
     _line_index(yaml.compose(text), (), lines)
     for name, model in stack.models.items():
-        resolved = resolve_source(model.source, base)
-        if resolved is not None:
-            model.source = str(resolved)
-        elif check_sources and _looks_local(model.source):
-            line = lines.get(("models", name, "source"), 1)
-            raise ConfigError(
-                f"{file}:{line}: models.{name}.source: model folder {model.source!r} not found"
-            )
+        holders: list[tuple[tuple[Any, ...], Any]] = [(("models", name), model)]
+        holders += [(("models", name, "replicas", i), r) for i, r in enumerate(model.replicas)
+                    if r.source is not None]
+        for path, holder in holders:
+            resolved = resolve_source(holder.source, base)
+            if resolved is not None:
+                holder.source = str(resolved)
+            elif check_sources and _looks_local(holder.source):
+                line = lines.get((*path, "source"), 1)
+                where = ".".join(str(p) for p in path)
+                raise ConfigError(f"{file}:{line}: {where}.source: model {holder.source!r} "
+                                  "not found")
     return stack
 
 

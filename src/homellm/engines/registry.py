@@ -46,8 +46,9 @@ def _next_free_port(host: str, start: int, taken: set[int]) -> int:
     return port
 
 
+# for remote replicas; llama-cpp-python's server has no /health, /v1/models works on both kinds
 HEALTH_PATHS = {"transformers": "/health", "vllm": "/health", "sglang": "/health",
-                "llamacpp": "/health"}
+                "llamacpp": "/v1/models"}
 
 
 def resolve_stack(stack: StackConfig) -> list[LaunchSpec]:
@@ -55,9 +56,9 @@ def resolve_stack(stack: StackConfig) -> list[LaunchSpec]:
     specs: list[LaunchSpec] = []
     taken = {stack.gateway.port}
     taken |= {r.port for m in stack.models.values() for r in m.replicas if r.port and not r.url}
-    for name, model in stack.models.items():
-        adapter = adapter_for(model.engine)
-        for index, replica in enumerate(model.replicas):
+    for name, stacked in stack.models.items():
+        for index, replica in enumerate(stacked.replicas):
+            model = stacked.for_replica(replica)
             if replica.url:
                 specs.append(LaunchSpec(
                     model=name, replica=f"{name}/{index}", role=replica.role, argv=[], env={},
@@ -67,5 +68,5 @@ def resolve_stack(stack: StackConfig) -> list[LaunchSpec]:
                 continue
             port = replica.port or _next_free_port(replica.host, FIRST_ENGINE_PORT, taken)
             taken.add(port)
-            specs.append(adapter.launch(name, model, replica, index, port))
+            specs.append(adapter_for(model.engine).launch(name, model, replica, index, port))
     return specs
