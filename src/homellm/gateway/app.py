@@ -1,0 +1,240 @@
+"""The gateway: an OpenAI-compatible Starlette app in front of pools of backends known by URL.
+
+Usage (inside a running event loop)::
+
+    gw = Gateway(backends, config.gateway)
+    await gw.start()          # aiohttp session + health-check tasks
+    ... serve gw.app with uvicorn (access_log=False keeps the hot path quiet) ...
+    await gw.stop()
+
+The proxy routes (chat, completions, embeddings) are dispatched straight to raw ASGI handlers
+before Starlette's middleware stack: here the body is read and validated once (OpenAI-shaped 400,
+404, 413), then proxy.py forwards it. The small admin routes go through Starlette as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from homellm.config import GatewayConfig
+from homellm.errors import ConfigError
+from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_pools
+from homellm.gateway.health import HealthChecker
+from homellm.gateway.proxy import Proxy, error_body, reject
+
+__all__ = ["BackendInfo", "Gateway"]
+
+log = logging.getLogger("homellm.gateway")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class _ClientGone(Exception):
+    """The client disconnected while sending its request."""
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The request body, or None when it is larger than MAX_BODY_BYTES."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= MAX_BODY_BYTES else None
+    parts, size = [body], len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+class _ProxyRoute:
+    """A raw ASGI app for one proxy route (a class, so Starlette's Route treats it as ASGI)."""
+
+    __slots__ = ("_handle", "path")
+
+    def __init__(self, handle: Any, path: str) -> None:
+        self._handle = handle
+        self.path = path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self._handle(self.path, receive, send)
+        except Exception:  # a bug, not a backend failure: log it, answer 500 when still possible
+            log.exception("event=internal_error path=%s", self.path)
+            with contextlib.suppress(Exception):
+                await reject(send, 500, "internal gateway error (see the gateway log)",
+                             "internal_error")
+
+
+class _GatewayApp(Starlette):
+    """Starlette, with the proxy routes served without going through the middleware stack."""
+
+    def __init__(self, fast: dict[str, _ProxyRoute], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast = fast
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self._fast.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = error_body(message, "invalid_request_error", code)
+    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+
+
+class Gateway:
+    """Pools of backends per public model name, the ASGI app, health checks and accounting."""
+
+    def __init__(self, backends: Sequence[BackendInfo], config: GatewayConfig) -> None:
+        names: set[str] = set()
+        for info in backends:
+            if info.name in names:
+                raise ConfigError(f"gateway: backend name {info.name!r} is used twice")
+            names.add(info.name)
+        self.config = config
+        try:
+            self.backends = [Backend(info) for info in backends]
+        except ValueError as exc:
+            raise ConfigError(f"gateway: {exc}") from None
+        self.pools = build_pools(self.backends)
+        self.served_by: Counter[str] = Counter()
+        self.created = int(time.time())
+        self._proxy = Proxy(self.pools, config, self.served_by)
+        self._session: aiohttp.ClientSession | None = None
+        self._health: HealthChecker | None = None
+        fast = {path: _ProxyRoute(self._handle, path) for path in PROXY_PATHS}
+        routes = [Route(path, fast[path], methods=["POST"]) for path in PROXY_PATHS]
+        routes += [
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/health", self._alive, methods=["GET"]),
+            Route("/ready", self._ready, methods=["GET"]),
+        ]
+        self.app = _GatewayApp(fast, routes=routes, exception_handlers={HTTPException: _http_error})
+
+    async def start(self) -> None:
+        """Open the shared upstream session and start the health checks (first check at once)."""
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=0,
+            keepalive_timeout=4.0,  # below uvicorn's 5 s, so we never reuse a closing connection
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        self._proxy.bind(self._session)
+        self._health = HealthChecker(self._session, self.backends, self.config.health)
+        self._health.start()
+
+    async def stop(self) -> None:
+        """Stop the health checks and close the upstream session."""
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
+        self._proxy.bind(None)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def check_health(self, name: str | None = None) -> dict[str, bool]:
+        """Run an active check now on one backend (or all) and apply it; name → passed.
+
+        Handy after a supervisor restarted an engine: no need to wait for the next interval.
+        """
+        if self._health is None:
+            raise RuntimeError("the gateway is not started")
+        chosen = [b for b in self.backends if name is None or b.name == name]
+        if not chosen:
+            raise KeyError(name)
+        results = await asyncio.gather(*(self._health.check(b) for b in chosen))
+        return {b.name: ok for b, ok in zip(chosen, results, strict=True)}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per backend: name, model, role, state, outstanding, counters, last error, ejection."""
+        return [backend.snapshot() for backend in self.backends]
+
+    def healthy_counts(self) -> dict[str, dict[str, int]]:
+        return {
+            model: {"healthy": pool.healthy(), "total": len(pool.backends)}
+            for model, pool in self.pools.items()
+        }
+
+    # -- routes --------------------------------------------------------------------------
+
+    async def _handle(self, path: str, receive: Any, send: Any) -> None:
+        """A proxy route: read, parse and check the body once, then forward it."""
+        try:
+            body = await _read_body(receive)
+        except _ClientGone:
+            return
+        if body is None:
+            msg = f"request body larger than {MAX_BODY_BYTES} bytes"
+            return await reject(send, 413, msg, "request_too_large")
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return await reject(send, 400, f"the request body is not valid JSON: {exc}",
+                                "invalid_json")
+        if not isinstance(payload, dict):
+            return await reject(send, 400, "the request body must be a JSON object",
+                                "invalid_json")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            code = "missing_required_parameter" if model is None else "invalid_type"
+            msg = "you must provide a model parameter (a string)"
+            return await reject(send, 400, msg, code, "model")
+        pool = self.pools.get(model)
+        if pool is None:
+            msg = f"The model `{model}` does not exist; see GET /v1/models"
+            return await reject(send, 404, msg, "model_not_found", "model")
+        await self._proxy.serve(pool, path, payload, body, receive, send)
+
+    async def _models(self, request: Request) -> Response:
+        data = [
+            {"id": model, "object": "model", "created": self.created, "owned_by": "homellm"}
+            for model in self.pools
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _alive(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _ready(self, request: Request) -> Response:
+        counts = self.healthy_counts()
+        ready = all(c["healthy"] > 0 for c in counts.values())
+        return JSONResponse({"ready": ready, "models": counts}, status_code=200 if ready else 503)
