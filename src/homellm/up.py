@@ -91,18 +91,30 @@ async def running_stack(stack: StackConfig, run_dir: Path,
                         on_phase: Callable[[str], None] | None = None) -> AsyncIterator[Running]:
     """Start engines (waiting for readiness), then the gateway; stop both on exit."""
     phase = on_phase or (lambda text: None)
+    gateways: list[Gateway] = []
+    rechecks: set[asyncio.Task[object]] = set()
+
+    def on_supervisor_event(replica: str, event: str, detail: str) -> None:
+        if event == "ready" and gateways:  # a restarted engine: route to it now, not next check
+            task = asyncio.get_running_loop().create_task(gateways[0].check_health(replica))
+            rechecks.add(task)
+            task.add_done_callback(rechecks.discard)
+        if on_event is not None:
+            on_event(replica, event, detail)
+
     sock = _bind(stack.gateway)  # fail on a taken port before starting any engine
     try:
         specs = resolve_stack(stack)
         phase("checking engine flags against the installed engines")
         specs = [await asyncio.to_thread(preflight, spec) for spec in specs]
-        supervisor = Supervisor(specs, stack.supervisor, run_dir, on_event)
+        supervisor = Supervisor(specs, stack.supervisor, run_dir, on_supervisor_event)
         phase(f"starting {sum(not s.remote for s in specs)} engine process(es)")
         await supervisor.start_all()
     except BaseException:
         sock.close()
         raise
     gateway = Gateway(backends_of(specs), stack.gateway)
+    gateways.append(gateway)
     server = _Server(uvicorn.Config(gateway.app, log_level="warning", lifespan="off",
                                     access_log=False, timeout_graceful_shutdown=5))
     serve_task: asyncio.Task[None] | None = None
