@@ -96,7 +96,7 @@ async def running_stack(stack: StackConfig, run_dir: Path,
 
     def on_supervisor_event(replica: str, event: str, detail: str) -> None:
         if event == "ready" and gateways:  # a restarted engine: route to it now, not next check
-            task = asyncio.get_running_loop().create_task(gateways[0].check_health(replica))
+            task = asyncio.get_running_loop().create_task(gateways[0].backend_restarted(replica))
             rechecks.add(task)
             task.add_done_callback(rechecks.discard)
         if on_event is not None:

@@ -77,6 +77,16 @@ def test_transitions_ejection_and_cooldown() -> None:
     assert b.failures == 2
 
 
+def test_a_replaced_engine_process_is_not_held_to_the_dead_ones_cooldown() -> None:
+    b = backend("x")
+    b.request_failed(10.0, "drop", threshold=1, cooldown_s=30.0)
+    assert b.state == EJECTED
+    t = b.process_replaced()
+    assert t is not None and t.new == DOWN and b.ejected_until is None
+    assert b.check_passed(11.0) is not None and b.state == READY  # long before 40.0
+    assert b.process_replaced() is None and b.state == READY  # a ready backend stays ready
+
+
 def test_transitions_refused_marks_down_at_once_and_success_resets() -> None:
     b = backend("x")
     t = b.request_failed(0.0, "refused", threshold=5, cooldown_s=1.0, refused=True)

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from homellm.config import GatewayConfig
 from homellm.errors import ConfigError
 from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_pools
-from homellm.gateway.health import HealthChecker
+from homellm.gateway.health import HealthChecker, log_transition
 from homellm.gateway.proxy import Proxy, error_body, reject
 
 __all__ = ["BackendInfo", "Gateway"]
@@ -170,6 +170,15 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def backend_restarted(self, name: str) -> bool:
+        """The supervisor replaced the engine behind ``name``: forget the dead process's ejection
+        and check the new one now, so traffic returns without waiting out the cooldown."""
+        backend = next((b for b in self.backends if b.name == name), None)
+        if backend is None:
+            raise KeyError(name)
+        log_transition(backend.process_replaced())
+        return (await self.check_health(name))[name]
 
     async def check_health(self, name: str | None = None) -> dict[str, bool]:
         """Run an active check now on one backend (or all) and apply it; name → passed.

@@ -111,6 +111,13 @@ class Backend:
         )
         return self._move(READY, reason)
 
+    def process_replaced(self) -> Transition | None:
+        """A new engine process serves this URL: the old one's failures and ejection are void."""
+        self.consecutive_failures = 0
+        if self.state == EJECTED:
+            return self._move(DOWN, "engine restarted, ejection cleared; awaiting a health check")
+        return None
+
     def check_failed(self, now: float, error: str) -> Transition | None:
         """An active health check failed (status, timeout or connection error)."""
         self.last_error = error
