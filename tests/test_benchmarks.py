@@ -1,0 +1,23 @@
+"""The benchmark scripts still run (smoke runs only: no speed threshold belongs in a test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_gateway_overhead_quick(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gateway_overhead.py"),
+                           "--quick", "--no-litellm", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "homellm" in json.dumps(results)
+    assert (tmp_path / "overhead.png").stat().st_size > 0
