@@ -130,6 +130,75 @@ def demo(port: Annotated[int, typer.Option(help="gateway port (the next free one
     raise typer.Exit(int(code or 0))
 
 
+RunDirOption = Annotated[Path | None, typer.Option(help="the run folder `up` was given")]
+
+
+@app.command()
+def status(config: StackOption = Path("homellm.yaml"), run_dir: RunDirOption = None,
+           json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show every replica of a running stack: state, in-flight requests, restarts, last error."""
+    from homellm.admin_client import AdminClient
+
+    try:
+        rows = AdminClient.for_stack(config, run_dir).replicas()
+    except HomellmError as exc:
+        _fail(exc)
+    if json_output:
+        print(json.dumps({"replicas": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{config}")
+    for column in ("replica", "role", "state", "in flight", "requests", "failures", "restarts",
+                   "last error"):
+        table.add_column(column, overflow="fold")
+    colours = {"ready": "green", "draining": "yellow", "failed": "red", "down": "red",
+               "ejected": "red", "starting": "cyan"}
+    for row in rows:
+        state = row["display_state"]
+        table.add_row(row["name"], row["role"], f"[{colours.get(state, 'white')}]{state}[/]",
+                      str(row["outstanding"]), str(row["requests"]), str(row["failures"]),
+                      str(row.get("restarts", "-")),
+                      (row.get("process_error") or row.get("last_error") or "")[:120])
+    console.print(table)
+
+
+def _replica_action(action: str, config: Path, run_dir: Path | None, model: str,
+                    replica: int) -> None:
+    from homellm.admin_client import AdminClient
+
+    try:
+        result = getattr(AdminClient.for_stack(config, run_dir), action)(model, replica)
+    except HomellmError as exc:
+        _fail(exc)
+    console.print(json.dumps(result))
+
+
+ModelArg = Annotated[str, typer.Argument(help="model name in the stack file")]
+ReplicaArg = Annotated[int, typer.Argument(help="replica index (0 is the first listed)")]
+
+
+@app.command()
+def drain(model: ModelArg, replica: ReplicaArg, config: StackOption = Path("homellm.yaml"),
+          run_dir: RunDirOption = None) -> None:
+    """Send no new requests to a replica and wait for its in-flight ones to finish."""
+    _replica_action("drain", config, run_dir, model, replica)
+
+
+@app.command()
+def undrain(model: ModelArg, replica: ReplicaArg, config: StackOption = Path("homellm.yaml"),
+            run_dir: RunDirOption = None) -> None:
+    """Route to a drained replica again."""
+    _replica_action("undrain", config, run_dir, model, replica)
+
+
+@app.command()
+def restart(model: ModelArg, replica: ReplicaArg, config: StackOption = Path("homellm.yaml"),
+            run_dir: RunDirOption = None) -> None:
+    """Restart a replica's engine process through the supervisor."""
+    _replica_action("restart", config, run_dir, model, replica)
+
+
 @app.command()
 def gguf(model_dir: Annotated[Path, typer.Argument(help="a Hugging Face model folder")],
          out_file: Annotated[Path, typer.Argument(help="the .gguf file to write")],

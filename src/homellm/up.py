@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import secrets
 import signal
 import socket
 import time
@@ -20,7 +21,8 @@ from homellm.engines.base import LaunchSpec
 from homellm.engines.preflight import preflight
 from homellm.engines.registry import resolve_stack
 from homellm.errors import ConfigError
-from homellm.fsutil import homellm_home
+from homellm.fsutil import atomic_write_text, homellm_home
+from homellm.gateway.admin import ReplicaControl
 from homellm.gateway.app import Gateway
 from homellm.gateway.backends import BackendInfo
 from homellm.supervisor import EventCallback, Supervisor
@@ -114,6 +116,8 @@ async def running_stack(stack: StackConfig, run_dir: Path,
         sock.close()
         raise
     gateway = Gateway(backends_of(specs), stack.gateway)
+    gateway.admin_key = admin_key(run_dir)
+    gateway.control = replica_control(supervisor, specs)
     gateways.append(gateway)
     server = _Server(uvicorn.Config(gateway.app, log_level="warning", lifespan="off",
                                     access_log=False, timeout_graceful_shutdown=5))
@@ -138,6 +142,39 @@ async def running_stack(stack: StackConfig, run_dir: Path,
         await gateway.stop()
         await supervisor.stop_all()
         sock.close()
+
+
+ADMIN_KEY_FILE = "admin.key"
+
+
+def admin_key(run_dir: Path) -> str:
+    """The admin API's key: made once per run folder, readable by its owner only."""
+    path = Path(run_dir) / ADMIN_KEY_FILE
+    try:
+        key = path.read_text("utf-8").strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = "hla-" + secrets.token_urlsafe(32)
+    atomic_write_text(path, key + "\n", mode=0o600)
+    return key
+
+
+def replica_control(supervisor: Supervisor, specs: list[LaunchSpec]) -> ReplicaControl:
+    remote = {s.replica for s in specs if s.remote}
+
+    def status() -> dict[str, dict[str, object]]:
+        return {s.replica: {"process_state": s.state, "pid": s.pid, "restarts": s.restarts,
+                            "last_exit": s.last_exit, "process_error": s.last_error}
+                for s in supervisor.status()}
+
+    async def restart(name: str) -> None:
+        if name in remote:
+            raise ValueError(f"{name} is a remote backend: homellm does not run it")
+        await supervisor.restart(name)
+
+    return ReplicaControl(status=status, restart=restart)
 
 
 async def wait_for_signal() -> int:

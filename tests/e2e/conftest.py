@@ -50,6 +50,7 @@ class UpProcess:
     run_dir: Path
     ports: dict[str, int]
     log: Path
+    stack: Path
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -123,6 +124,7 @@ def two_replica_stack(demo_model: Path, tmp_path_factory: pytest.TempPathFactory
     url = f"http://127.0.0.1:{gateway}"
     try:
         wait_ready(url, process, log)
-        yield UpProcess(process, url, run_dir, {"tiny/0": primary, "tiny/1": backup}, log)
+        yield UpProcess(process, url, run_dir, {"tiny/0": primary, "tiny/1": backup}, log,
+                        stack)
     finally:
         stop_up(process)

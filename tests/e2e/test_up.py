@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -64,6 +66,35 @@ def test_traffic_goes_to_the_primary(two_replica_stack: UpProcess) -> None:
                               json={"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
                               ).headers["x-homellm-backend"] for _ in range(4)}
     assert backends == {"tiny/0"}
+
+
+def _homellm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "homellm.cli", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_status_drain_undrain_from_the_cli(two_replica_stack: UpProcess) -> None:
+    where = ["-c", str(two_replica_stack.stack), "--run-dir", str(two_replica_stack.run_dir)]
+    done = _homellm("status", *where, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)["replicas"]}
+    assert rows["tiny/0"]["display_state"] == "ready" and rows["tiny/0"]["pid"]
+    assert rows["tiny/1"]["role"] == "backup" and rows["tiny/1"]["process_state"] == "ready"
+    assert "tiny/0" in _homellm("status", *where).stdout
+    assert json.loads(_homellm("drain", "tiny", "0", *where).stdout)["complete"] is True
+    with httpx.Client(timeout=30) as http:
+        body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
+        served = {http.post(f"{two_replica_stack.url}/v1/chat/completions", json=body)
+                  .headers["x-homellm-backend"] for _ in range(3)}
+        assert served == {"tiny/1"}
+        assert json.loads(_homellm("undrain", "tiny", "0", *where).stdout)["drained"] is False
+        assert http.post(f"{two_replica_stack.url}/v1/chat/completions", json=body
+                         ).headers["x-homellm-backend"] == "tiny/0"
+    wrong = _homellm("drain", "tiny", "9", *where)
+    assert wrong.returncode == 1 and "no replica 'tiny/9'" in wrong.stderr
+    key_file = two_replica_stack.run_dir / "admin.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert key_file.read_text().strip() not in two_replica_stack.output()
 
 
 def test_bad_requests_get_openai_errors(two_replica_stack: UpProcess) -> None:

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from homellm.config import GatewayConfig
 from homellm.errors import ConfigError
+from homellm.gateway.admin import AdminApi, ReplicaControl
 from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_pools
 from homellm.gateway.health import HealthChecker, log_transition
 from homellm.gateway.proxy import Proxy, error_body, reject
@@ -128,6 +129,8 @@ class Gateway:
             raise ConfigError(f"gateway: {exc}") from None
         self.pools = build_pools(self.backends)
         self.served_by: Counter[str] = Counter()
+        self.admin_key: str | None = None  # set by whoever runs the gateway; None: admin API off
+        self.control: ReplicaControl | None = None  # the process side (supervisor), if any
         self.created = int(time.time())
         self._proxy = Proxy(self.pools, config, self.served_by)
         self._session: aiohttp.ClientSession | None = None
@@ -139,6 +142,7 @@ class Gateway:
             Route("/health", self._alive, methods=["GET"]),
             Route("/ready", self._ready, methods=["GET"]),
         ]
+        routes += AdminApi(self).routes()
         self.app = _GatewayApp(fast, routes=routes, exception_handlers={HTTPException: _http_error})
 
     async def start(self) -> None:

@@ -8,6 +8,9 @@ A backend is one OpenAI-compatible server known only by its URLs. Its state move
 - ``ejected``: ``fail_threshold`` consecutive passive failures; not routed to until the cooldown
   is over *and* an active check passes.
 
+Independently of its health, a backend can be *drained* by an operator: it gets no new requests
+(retries included) while those in flight finish, and its health is still checked.
+
 Every method that changes the state returns a :class:`Transition` (or ``None``) so the caller can
 log it; nothing here logs, sleeps or touches the network. Times are ``time.monotonic()`` values
 passed in by the caller.
@@ -59,6 +62,7 @@ class Backend:
 
     __slots__ = (
         "consecutive_failures",
+        "drained",
         "ejected_until",
         "failures",
         "info",
@@ -88,6 +92,7 @@ class Backend:
         self.failures = 0
         self.last_error: str | None = None
         self.ejected_until: float | None = None
+        self.drained = False
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class Backend:
             "model": self.info.model,
             "role": self.info.role,
             "state": self.state,
+            "drained": self.drained,
             "outstanding": self.outstanding,
             "consecutive_failures": self.consecutive_failures,
             "requests": self.requests,
@@ -180,7 +186,7 @@ class Pool:
         self._rr = 0
 
     def healthy(self) -> int:
-        return sum(1 for b in self.backends if b.state == READY)
+        return sum(1 for b in self.backends if b.state == READY and not b.drained)
 
     def pick(self, exclude: Collection[Backend] = ()) -> Backend | None:
         """Choose a backend for the next attempt, or ``None`` when no ready one is left.
@@ -193,7 +199,7 @@ class Pool:
             best: list[Backend] = []
             least = 0
             for backend in tier:
-                if backend.state != READY or backend in exclude:
+                if backend.state != READY or backend.drained or backend in exclude:
                     continue
                 if not best or backend.outstanding < least:
                     best = [backend]
