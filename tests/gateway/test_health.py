@@ -114,6 +114,7 @@ def test_fake_first_check_is_immediate(harness: Harness) -> None:
         "model",
         "role",
         "state",
+        "drained",
         "outstanding",
         "consecutive_failures",
         "requests",
