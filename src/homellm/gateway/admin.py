@@ -1,4 +1,5 @@
-"""The admin API: replicas with their state, drain/undrain, restart through the supervisor.
+"""The admin API: replicas with their state, drain/undrain, restart through the supervisor;
+and the read-only status page at ``/`` (no key: it shows states and counts, no secrets).
 
 Guarded by the admin key (``Authorization: Bearer``), compared in constant time. The gateway
 knows nothing of processes: whoever started the engines (``up``) plugs in a
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from homellm.gateway.proxy import error_body
+from homellm.gateway.statuspage import render_status_page
 
 if TYPE_CHECKING:
     from homellm.gateway.app import Gateway
@@ -57,6 +59,7 @@ class AdminApi:
     def routes(self) -> list[Route]:
         base = "/admin/replicas"
         return [
+            Route("/", self._page, methods=["GET"]),
             Route(base, self._guard(self._list), methods=["GET"]),
             Route(base + "/{model}/{index:int}/drain", self._guard(self._drain), methods=["POST"]),
             Route(base + "/{model}/{index:int}/undrain", self._guard(self._undrain),
@@ -104,6 +107,9 @@ class AdminApi:
             if backend.name == name:
                 return backend
         return _error(404, f"no replica {name!r}; see GET /admin/replicas", "replica_not_found")
+
+    async def _page(self, request: Request) -> Response:
+        return HTMLResponse(render_status_page(self.replicas(), self._gateway.healthy_counts()))
 
     async def _list(self, request: Request) -> Response:
         return JSONResponse({"replicas": self.replicas()})
