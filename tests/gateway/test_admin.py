@@ -9,10 +9,10 @@ import time
 import httpx
 
 from homellm.gateway.admin import ReplicaControl
-from tests.gateway.conftest import MODEL, Harness, info
+from tests.gateway.conftest import MODEL, Harness, info, wait_until
 
 KEY = "hla-test-admin-key"
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20,
         "stream": True}
 
 
@@ -58,8 +58,7 @@ def test_drain_under_load_loses_nothing_and_sends_nothing_new(harness: Harness) 
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.5)
-        assert a.active > 0  # the replica being drained has work in flight
+        wait_until(lambda: a.active > 0, what="work in flight on the replica to drain")
         drained = admin(gw, "POST", "/admin/replicas/tiny/0/drain").json()
         assert drained == {"replica": "tiny/0", "drained": True, "in_flight": 0,
                            "complete": True}

@@ -35,6 +35,7 @@ from homellm.errors import ConfigError
 from homellm.gateway.admin import AdminApi, ReplicaControl
 from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_pools
 from homellm.gateway.health import HealthChecker, log_transition
+from homellm.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from homellm.gateway.proxy import Proxy, error_body, reject
 
 __all__ = ["BackendInfo", "Gateway"]
@@ -132,7 +133,8 @@ class Gateway:
         self.admin_key: str | None = None  # set by whoever runs the gateway; None: admin API off
         self.control: ReplicaControl | None = None  # the process side (supervisor), if any
         self.created = int(time.time())
-        self._proxy = Proxy(self.pools, config, self.served_by)
+        self.metrics = GatewayMetrics(self.pools)  # its own registry, served at GET /metrics
+        self._proxy = Proxy(self.pools, config, self.served_by, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._health: HealthChecker | None = None
         fast = {path: _ProxyRoute(self._handle, path) for path in PROXY_PATHS}
@@ -141,6 +143,7 @@ class Gateway:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/health", self._alive, methods=["GET"]),
             Route("/ready", self._ready, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),  # no auth yet, like /ready
         ]
         routes += AdminApi(self).routes()
         self.app = _GatewayApp(fast, routes=routes, exception_handlers={HTTPException: _http_error})
@@ -211,6 +214,7 @@ class Gateway:
 
     async def _handle(self, path: str, receive: Any, send: Any) -> None:
         """A proxy route: read, parse and check the body once, then forward it."""
+        received = time.perf_counter()
         try:
             body = await _read_body(receive)
         except _ClientGone:
@@ -235,7 +239,7 @@ class Gateway:
         if pool is None:
             msg = f"The model `{model}` does not exist; see GET /v1/models"
             return await reject(send, 404, msg, "model_not_found", "model")
-        await self._proxy.serve(pool, path, payload, body, receive, send)
+        await self._proxy.serve(pool, path, payload, body, receive, send, received)
 
     async def _models(self, request: Request) -> Response:
         data = [
@@ -246,6 +250,9 @@ class Gateway:
 
     async def _alive(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, request: Request) -> Response:
         counts = self.healthy_counts()

@@ -25,8 +25,9 @@ import aiohttp
 from yarl import URL
 
 from homellm.config import GatewayConfig
-from homellm.gateway.backends import Backend, Pool
+from homellm.gateway.backends import BACKUP, EJECTED, Backend, Pool
 from homellm.gateway.health import describe_error, log_transition
+from homellm.gateway.metrics import NO_BACKEND, GatewayMetrics, parse_usage
 
 log = logging.getLogger("homellm.gateway")
 
@@ -78,7 +79,8 @@ class _Control:
     """Per-request cancellation: a deadline on upstream reads, and the client's disconnect."""
 
     __slots__ = (
-        "_handle", "_loop", "_task", "armed_at", "committed", "deadline", "done", "gone", "reason"
+        "_handle", "_loop", "_task", "armed_at", "attempts", "backend", "committed", "deadline",
+        "done", "first_at", "gone", "reason", "served", "status", "usage",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
@@ -91,6 +93,13 @@ class _Control:
         self.done = False  # the final response is on its way: nothing left to cancel
         self.gone = False  # the client disconnected
         self.reason: str | None = None
+        # for the metrics, read once when the request is over
+        self.attempts = 0
+        self.backend: Backend | None = None  # the last backend tried
+        self.served = False  # that backend's answer went to the client
+        self.status = 0  # the HTTP status the client got
+        self.first_at = 0.0  # perf_counter() when the first SSE event was sent
+        self.usage: bytes | None = None  # a complete answer's body, or a stream's last events
 
     def expect(self, seconds: float) -> None:
         """The next upstream wait must end within ``seconds`` from now."""
@@ -166,8 +175,9 @@ class Proxy:
     """Forwards one request to the model's pool, retrying on the next backend before first byte."""
 
     def __init__(self, pools: dict[str, Pool], config: GatewayConfig,
-                 served_by: Counter[str]) -> None:
+                 served_by: Counter[str], metrics: GatewayMetrics | None = None) -> None:
         self._pools = pools
+        self._metrics = metrics if metrics is not None else GatewayMetrics(pools)
         self._config = config
         self._served_by = served_by
         self._session: aiohttp.ClientSession | None = None
@@ -185,15 +195,19 @@ class Proxy:
         self._session = session
 
     async def serve(self, pool: Pool, path: str, payload: dict[str, Any], body: bytes,
-                    receive: Any, send: Any) -> None:
-        """Forward a validated request (``body`` is its raw JSON, ``payload`` the parsed one)."""
+                    receive: Any, send: Any, received: float | None = None) -> None:
+        """Forward a validated request (``body`` is its raw JSON, ``payload`` the parsed one;
+        ``received``: ``time.perf_counter()`` when the request arrived, for the metrics)."""
         if self._session is None:
             return await reject(send, 503, "the gateway is not started", "not_started")
+        if received is None:
+            received = time.perf_counter()
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         control = _Control(loop, task)
         watcher = loop.create_task(_watch_disconnect(receive, control))
+        self._metrics.request_started(pool.model)
         try:
             stream = payload.get("stream") is True and path != "/v1/embeddings"
             await self._forward(pool, path, payload, body, stream, control, send)
@@ -201,8 +215,33 @@ class Proxy:
             if control.take() is None:
                 raise
         finally:
+            cut_short = control.gone and not control.done  # before close() sets done
             control.close()
             watcher.cancel()
+            self._account(pool.model, control, received, cut_short)
+
+    def _account(self, model: str, control: _Control, received: float, cut_short: bool) -> None:
+        """The request is over: one call to the metrics (no per-chunk accounting anywhere)."""
+        metrics = self._metrics
+        metrics.request_finished(model)
+        backend, served = control.backend, control.served
+        status = control.status
+        if cut_short:
+            status = 499  # the client went away first (nginx's "client closed request")
+        elif not status:
+            status = 500  # an internal error, or the server stopping
+        prompt = completion = None
+        if control.usage is not None:
+            prompt, completion = parse_usage(control.usage)
+        metrics.request_done(
+            model, backend.name if backend is not None else NO_BACKEND, status,
+            control.first_at - received if control.first_at else None,
+            time.perf_counter() - received if served else None,
+            prompt, completion, control.attempts,
+            failover=served and backend is not None
+            and (control.attempts > 1 or backend.info.role == BACKUP),
+            usage_expected=control.usage is not None,
+        )
 
     async def _forward(
         self, pool: Pool, path: str, payload: dict[str, Any], body: bytes, stream: bool,
@@ -216,6 +255,7 @@ class Proxy:
             if backend is None:
                 break
             tried.append(backend)
+            control.backend, control.attempts = backend, len(tried)
             upstream_model = backend.info.upstream_model
             data = body if upstream_model == pool.model else bodies.get(upstream_model)
             if data is None:
@@ -232,7 +272,9 @@ class Proxy:
                 return
             log.warning('event=attempt_failed model=%s backend=%s attempt=%d status=%d error="%s"',
                         pool.model, backend.name, len(tried), failure.status, failure.message)
+            self._metrics.attempt_failed(pool.model, backend.name, failure.code)
         control.done = True
+        control.status = failure.status if failure is not None else 503
         headers = [(b"x-homellm-attempts", b"%d" % len(tried))]
         if tried:
             headers.append((b"x-homellm-backend", self._names[tried[-1].name]))
@@ -247,8 +289,11 @@ class Proxy:
     def _failed(self, backend: Backend, error: str, refused: bool = False) -> None:
         health = self._config.health
         now = time.monotonic()
-        log_transition(backend.request_failed(now, error, health.fail_threshold,
-                                              health.cooldown_s, refused))
+        transition = backend.request_failed(now, error, health.fail_threshold, health.cooldown_s,
+                                            refused)
+        log_transition(transition)
+        if transition is not None and transition.new == EJECTED:
+            self._metrics.ejected(backend.info.model, backend.name)
 
     def _succeeded(self, backend: Backend) -> None:
         backend.request_succeeded()
@@ -300,6 +345,7 @@ class Proxy:
         if not control.committed:
             return _Failure(status, code, f"backend {name} failed: {error}")
         log.warning('event=midstream_failure backend=%s code=%s error="%s"', name, code, error)
+        self._metrics.midstream_failure(backend.info.model, name)
         control.done = True
         message = f"backend {name} failed mid-stream: {error}"
         event = b"data: " + error_body(message, "server_error", code) + b"\n\n"
@@ -327,7 +373,10 @@ class Proxy:
         if status < 400 and not body:
             self._failed(backend, "empty response")
             return _Failure(502, "upstream_error", f"backend {name} sent an empty body")
-        control.done = True
+        control.done = control.served = True
+        control.status = status
+        if status < 400:
+            control.usage = body
         ctype = response.headers.get("Content-Type", "application/json")
         headers.append((b"content-type", ctype.encode("latin-1", "replace")))
         headers.append((b"content-length", b"%d" % len(body)))
@@ -357,12 +406,14 @@ class Proxy:
             if len(pending) > MAX_PENDING_BYTES:
                 first, pending = first + pending, b""
         control.idle()
-        control.committed = True
+        control.committed = control.served = True
+        control.status = response.status
         start = {"type": "http.response.start", "status": response.status,
                  "headers": _SSE_HEADERS + headers}
         await send(start)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        last, between = first, self._between_s
+        control.first_at = time.perf_counter()
+        prev, last, between = b"", first, self._between_s
         while True:
             control.expect(between)
             chunk = await content.readany()
@@ -377,8 +428,9 @@ class Proxy:
                     chunk, pending = chunk + pending, b""
                 if not chunk:
                     continue
-            last = chunk
+            prev, last = last, chunk  # usage may come in its own read just before [DONE]
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        control.usage = prev + last + pending
         tail = b""
         if pending:
             last = tail = pending if pending.endswith(_EVENT_ENDS) else pending + b"\n\n"
