@@ -75,3 +75,13 @@ def test_up_refuses_to_listen_beyond_loopback_without_keys(tmp_path: Path) -> No
     done = _homellm("up", "-c", str(_stack(tmp_path, f"0.0.0.0:{free_port()}")))
     assert done.returncode == 2
     assert "is not loopback, and no API keys are configured" in done.stderr
+
+
+def test_up_with_keys_needs_the_keys_file_and_may_listen_beyond_loopback(tmp_path: Path) -> None:
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    replicas: [{{}}]\n"
+                     f"gateway:\n  listen: 0.0.0.0:{free_port()}\n  api_keys_file: keys.json\n")
+    done = _homellm("up", "-c", str(stack), "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert f"{tmp_path / 'keys.json'}: keys file not found" in done.stderr
+    assert "not loopback" not in done.stderr

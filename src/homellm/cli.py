@@ -130,6 +130,67 @@ def demo(port: Annotated[int, typer.Option(help="gateway port (the next free one
     raise typer.Exit(int(code or 0))
 
 
+keys_app = typer.Typer(help="API keys of the gateway (gateway.api_keys_file in the stack file)",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_file(config: Path):  # type: ignore[no-untyped-def]
+    from homellm.config import load_stack
+    from homellm.keys import KeyFile
+
+    stack = load_stack(config, check_sources=False)
+    if not stack.gateway.api_keys_file:
+        raise ConfigError(f"{config}: gateway.api_keys_file is not set; add it (for example "
+                          "api_keys_file: keys.json) to use API keys")
+    return KeyFile(Path(stack.gateway.api_keys_file))
+
+
+@keys_app.command("add")
+def keys_add(name: Annotated[str, typer.Argument(help="who or what the key is for")],
+             config: StackOption = Path("homellm.yaml"),
+             models: Annotated[str | None, typer.Option(help="comma-separated models it may "
+                                                        "use (default: all)")] = None) -> None:
+    """Make a new key: printed once, only its hash is stored."""
+    try:
+        key = _key_file(config).add(name, models.split(",") if models else None)
+    except HomellmError as exc:
+        _fail(exc)
+    err_console.print(f"key {name!r} added; it is shown only now:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(config: StackOption = Path("homellm.yaml"),
+              json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List keys by name (never the keys themselves)."""
+    import time
+
+    try:
+        records = _key_file(config).load()
+    except HomellmError as exc:
+        _fail(exc)
+    rows = [{"name": r.name, "id": r.key_id, "models": r.models, "revoked": r.revoked,
+             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))}
+            for r in records]
+    if json_output:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        console.print(f"{row['name']}  hlk-{row['id']}-…  models={row['models'] or 'all'}  "
+                      f"created {row['created']}{'  [red]revoked[/]' if row['revoked'] else ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str, config: StackOption = Path("homellm.yaml")) -> None:
+    """Revoke a key by name (a running gateway stops accepting it within a second)."""
+    try:
+        _key_file(config).revoke(name)
+    except HomellmError as exc:
+        _fail(exc)
+    console.print(f"key {name!r} revoked")
+
+
 RunDirOption = Annotated[Path | None, typer.Option(help="the run folder `up` was given")]
 
 

@@ -232,6 +232,9 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
         raise ConfigError(f"{file}: cannot read the stack file: {exc}") from None
     stack = parse_stack(text, str(file))
     base = file.resolve().parent
+    keys = stack.gateway.api_keys_file
+    if keys is not None and not Path(keys).expanduser().is_absolute():
+        stack.gateway.api_keys_file = str(base / keys)
     lines: dict[tuple[Any, ...], int] = {}
     _line_index(yaml.compose(text), (), lines)
     for name, model in stack.models.items():

@@ -25,6 +25,7 @@ from homellm.fsutil import atomic_write_text, homellm_home
 from homellm.gateway.admin import ReplicaControl
 from homellm.gateway.app import Gateway
 from homellm.gateway.backends import BackendInfo
+from homellm.keys import KeyVerifier
 from homellm.supervisor import EventCallback, Supervisor
 
 
@@ -62,10 +63,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _bind(config: GatewayConfig) -> socket.socket:
-    if config.api_keys_file:
-        raise ConfigError("gateway.api_keys_file: API keys are not implemented yet; remove it "
-                          "and listen on loopback only")
-    if not _is_loopback(config.host):
+    if not config.api_keys_file and not _is_loopback(config.host):
         raise ConfigError(f"gateway.listen: {config.listen} is not loopback, and no API keys are "
                           "configured; listen on 127.0.0.1 (or put keys in front)")
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -104,6 +102,8 @@ async def running_stack(stack: StackConfig, run_dir: Path,
         if on_event is not None:
             on_event(replica, event, detail)
 
+    if stack.gateway.api_keys_file:  # a missing or broken keys file: refuse before any start
+        KeyVerifier(Path(stack.gateway.api_keys_file))
     sock = _bind(stack.gateway)  # fail on a taken port before starting any engine
     try:
         specs = resolve_stack(stack)
@@ -116,6 +116,8 @@ async def running_stack(stack: StackConfig, run_dir: Path,
         sock.close()
         raise
     gateway = Gateway(backends_of(specs), stack.gateway)
+    if stack.gateway.api_keys_file:
+        gateway.keys = KeyVerifier(Path(stack.gateway.api_keys_file))
     gateway.admin_key = admin_key(run_dir)
     gateway.control = replica_control(supervisor, specs)
     gateways.append(gateway)

@@ -37,6 +37,7 @@ from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_po
 from homellm.gateway.health import HealthChecker, log_transition
 from homellm.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from homellm.gateway.proxy import Proxy, error_body, reject
+from homellm.keys import KeyRecord, KeyVerifier
 
 __all__ = ["BackendInfo", "Gateway"]
 
@@ -82,7 +83,7 @@ class _ProxyRoute:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await self._handle(self.path, receive, send)
+            await self._handle(self.path, scope, receive, send)
         except Exception:  # a bug, not a backend failure: log it, answer 500 when still possible
             log.exception("event=internal_error path=%s", self.path)
             with contextlib.suppress(Exception):
@@ -132,6 +133,7 @@ class Gateway:
         self.served_by: Counter[str] = Counter()
         self.admin_key: str | None = None  # set by whoever runs the gateway; None: admin API off
         self.control: ReplicaControl | None = None  # the process side (supervisor), if any
+        self.keys: KeyVerifier | None = None  # None: no API keys (then loopback only, see up)
         self.created = int(time.time())
         self.metrics = GatewayMetrics(self.pools)  # its own registry, served at GET /metrics
         self._proxy = Proxy(self.pools, config, self.served_by, self.metrics)
@@ -212,9 +214,23 @@ class Gateway:
 
     # -- routes --------------------------------------------------------------------------
 
-    async def _handle(self, path: str, receive: Any, send: Any) -> None:
-        """A proxy route: read, parse and check the body once, then forward it."""
+    def _key_for(self, authorization: str) -> KeyRecord | None:
+        """The key record an ``Authorization: Bearer`` header names, or None."""
+        if self.keys is None or authorization[:7].lower() != "bearer ":
+            return None
+        return self.keys.verify(authorization[7:].strip())
+
+    async def _handle(self, path: str, scope: Any, receive: Any, send: Any) -> None:
+        """A proxy route: check the key, read, parse and check the body once, then forward it."""
         received = time.perf_counter()
+        key = None
+        if self.keys is not None:
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"]
+                                  if k == b"authorization"), "")
+            key = self._key_for(authorization)
+            if key is None:
+                return await reject(send, 401, "Incorrect or missing API key (send it as "
+                                    "Authorization: Bearer ...)", "invalid_api_key")
         try:
             body = await _read_body(receive)
         except _ClientGone:
@@ -239,12 +255,22 @@ class Gateway:
         if pool is None:
             msg = f"The model `{model}` does not exist; see GET /v1/models"
             return await reject(send, 404, msg, "model_not_found", "model")
+        if key is not None and not key.allows(model):
+            return await reject(send, 403, f"the key {key.name!r} may not use model `{model}`",
+                                "model_not_allowed", "model")
         await self._proxy.serve(pool, path, payload, body, receive, send, received)
 
     async def _models(self, request: Request) -> Response:
+        key = None
+        if self.keys is not None:
+            key = self._key_for(request.headers.get("authorization", ""))
+            if key is None:
+                body = error_body("Incorrect or missing API key", "invalid_request_error",
+                                  "invalid_api_key")
+                return Response(body, 401, media_type="application/json")
         data = [
             {"id": model, "object": "model", "created": self.created, "owned_by": "homellm"}
-            for model in self.pools
+            for model in self.pools if key is None or key.allows(model)
         ]
         return JSONResponse({"object": "list", "data": data})
 
