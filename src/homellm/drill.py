@@ -66,6 +66,8 @@ class DrillReport:
             "primary_ready_s": self.primary_ready_s,
             "primary_serving_s": self.primary_serving_s, "restarts": self.restarts,
             "passed": self.passed,
+            "errors": [f"{r.started:.2f}s {r.backend or '-'}: {r.error}" for r in self.requests
+                       if not r.ok],
         }
 
 

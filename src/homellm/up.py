@@ -126,6 +126,9 @@ async def running_stack(stack: StackConfig, run_dir: Path,
     serve_task: asyncio.Task[None] | None = None
     try:
         await gateway.start()
+        # the engines are ready (the supervisor saw it): let the gateway see it too before the
+        # first request, or early requests find every backend still "starting" (503)
+        await gateway.check_health()
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serve_task.done():
