@@ -97,7 +97,8 @@ def up(config: StackOption = Path("homellm.yaml"),
        run_dir: Annotated[Path | None, typer.Option(help="logs and state (default: under "
                                                        "$HOMELLM_HOME/runs)")] = None) -> None:
     """Start every engine of the stack file, supervised, behind the gateway, until Ctrl-C."""
-    from homellm.up import default_run_dir, load_stack, run_loop, serve_stack
+    from homellm.config import load_stack
+    from homellm.up import default_run_dir, run_loop, serve_stack
 
     try:
         stack = load_stack(config)

@@ -245,7 +245,7 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
             resolved = resolve_source(holder.source, base)
             if resolved is not None:
                 holder.source = str(resolved)
-            elif check_sources and _looks_local(holder.source):
+            elif check_sources and not is_hub_id(holder.source):
                 line = lines.get((*path, "source"), 1)
                 where = ".".join(str(p) for p in path)
                 raise ConfigError(f"{file}:{line}: {where}.source: model {holder.source!r} "
@@ -253,8 +253,10 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
     return stack
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") != 1
+def is_hub_id(source: str) -> bool:
+    """``org/name`` as the Hugging Face hub names models; anything else is a local path."""
+    return (not source.startswith((".", "/", "~")) and not source.endswith(".gguf")
+            and source.count("/") == 1)
 
 
 def resolve_source(source: str, base: Path) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
@@ -78,6 +77,3 @@ async def run_demo(console: Console, port: int = 8080, exit_after_drill: bool = 
         console.print("stopping engines")
     return 0 if report.passed else 1
 
-
-def demo_home() -> Path:
-    return homellm_home() / "demo"

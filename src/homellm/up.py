@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from homellm.config import GatewayConfig, StackConfig, load_stack  # noqa: F401 (re-export)
+from homellm.config import GatewayConfig, StackConfig
 from homellm.engines.base import LaunchSpec
 from homellm.engines.preflight import preflight
 from homellm.engines.registry import resolve_stack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from homellm.config import ModelConfig, ReplicaConfig
+from homellm.config import ModelConfig, ReplicaConfig, is_hub_id
 from homellm.engines.base import EngineAdapter, LaunchSpec, render_engine_args
 
 
@@ -39,7 +39,7 @@ class TransformersAdapter(EngineAdapter):
             optional.append("--continuous-batching")
         argv += render_engine_args(model.engine_args)
         env = self.cuda_env(gpus)
-        if not _is_hub_id(model.source):
+        if not is_hub_id(model.source):
             env["HF_HUB_OFFLINE"] = "1"
         base = f"http://{replica.host}:{port}"
         return LaunchSpec(
@@ -52,6 +52,3 @@ class TransformersAdapter(EngineAdapter):
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         return [*self._cli(), "serve", "--help"]
 
-
-def _is_hub_id(source: str) -> bool:
-    return not source.startswith("/") and source.count("/") == 1
