@@ -195,27 +195,45 @@ async def wait_for_signal() -> int:
             loop.remove_signal_handler(sig)
 
 
-def cancel_on_sigterm() -> None:
-    """SIGTERM while engines start cancels the start (which stops them), like Ctrl-C does."""
+def cancel_on_sigterm() -> list[int]:
+    """SIGTERM while starting cancels the start (which stops the engines), like Ctrl-C does.
+
+    Returns a list that holds the signal once it came, so the caller can tell this
+    cancellation, a requested stop, from any other.
+    """
+    received: list[int] = []
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    if task is not None:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def on_sigterm() -> None:
+        received.append(signal.SIGTERM)
+        if task is not None:
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return received
 
 
 async def serve_stack(stack: StackConfig, run_dir: Path, console: Console) -> int:
     """``homellm up``: start the stack, print where it answers, serve until a signal."""
-    cancel_on_sigterm()
+    early_stop = cancel_on_sigterm()
 
     def on_event(replica: str, event: str, detail: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {replica}: {event} {detail}")
 
-    async with running_stack(stack, run_dir, on_event, console.print) as running:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-        console.print(f"gateway {running.url}/v1 serving "
-                      f"{', '.join(stack.models)}; logs in {run_dir / 'logs'}; Ctrl-C stops")
-        received = await wait_for_signal()
-        console.print(f"{signal.Signals(received).name}: stopping engines")
+    try:
+        async with running_stack(stack, run_dir, on_event, console.print) as running:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            console.print(f"gateway {running.url}/v1 serving "
+                          f"{', '.join(stack.models)}; logs in {run_dir / 'logs'}; Ctrl-C stops")
+            received = await wait_for_signal()
+            console.print(f"{signal.Signals(received).name}: stopping engines")
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not early_stop or task is None:
+            raise
+        task.uncancel()  # our own SIGTERM: a requested stop, and everything is stopped
+        console.print("SIGTERM while starting: engines stopped")
     return 0
 
 
