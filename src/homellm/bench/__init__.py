@@ -1,0 +1,1 @@
+"""``homellm bench``: load-test any OpenAI-compatible endpoint with vLLM's metric definitions."""
