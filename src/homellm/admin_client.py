@@ -61,3 +61,6 @@ class AdminClient:
 
     def restart(self, model: str, index: int) -> dict[str, Any]:
         return self._call("POST", f"/admin/replicas/{model}/{index}/restart")
+
+    def reload(self) -> dict[str, Any]:
+        return self._call("POST", "/admin/reload")

@@ -103,7 +103,7 @@ def up(config: StackOption = Path("homellm.yaml"),
     try:
         stack = load_stack(config)
         folder = run_dir or (Path(stack.run_dir) if stack.run_dir else default_run_dir(config))
-        code = run_loop(lambda: serve_stack(stack, folder, console))
+        code = run_loop(lambda: serve_stack(stack, folder, console, config))
     except HomellmError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -151,10 +151,19 @@ def _key_file(config: Path):  # type: ignore[no-untyped-def]
 def keys_add(name: Annotated[str, typer.Argument(help="who or what the key is for")],
              config: StackOption = Path("homellm.yaml"),
              models: Annotated[str | None, typer.Option(help="comma-separated models it may "
-                                                        "use (default: all)")] = None) -> None:
-    """Make a new key: printed once, only its hash is stored."""
+                                                        "use (default: all)")] = None,
+             rpm: Annotated[int | None, typer.Option(min=1, help="requests per minute")] = None,
+             tpm: Annotated[int | None, typer.Option(min=1, help="tokens per minute (prompt + "
+                                                     "completion)")] = None,
+             concurrent: Annotated[int | None, typer.Option(min=1, help="requests in flight")]
+             = None) -> None:
+    """Make a new key: printed once, only its hash is stored. Limits set here apply unless the
+    stack file's gateway.limits.keys names this key."""
+    from homellm.config import KeyLimits
+
     try:
-        key = _key_file(config).add(name, models.split(",") if models else None)
+        limits = KeyLimits(rpm=rpm, tpm=tpm, concurrent=concurrent)
+        key = _key_file(config).add(name, models.split(",") if models else None, limits)
     except HomellmError as exc:
         _fail(exc)
     err_console.print(f"key {name!r} added; it is shown only now:")
@@ -171,15 +180,17 @@ def keys_list(config: StackOption = Path("homellm.yaml"),
         records = _key_file(config).load()
     except HomellmError as exc:
         _fail(exc)
-    rows = [{"name": r.name, "id": r.key_id, "models": r.models, "revoked": r.revoked,
+    rows = [{"name": r.name, "id": r.key_id, "models": r.models, "limits": r.limits,
+             "revoked": r.revoked,
              "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))}
             for r in records]
     if json_output:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
+        revoked = "  [red]revoked[/]" if row["revoked"] else ""
         console.print(f"{row['name']}  hlk-{row['id']}-…  models={row['models'] or 'all'}  "
-                      f"created {row['created']}{'  [red]revoked[/]' if row['revoked'] else ''}")
+                      f"limits={row['limits'] or 'stack file'}  created {row['created']}{revoked}")
 
 
 @keys_app.command("revoke")
@@ -252,6 +263,27 @@ def undrain(model: ModelArg, replica: ReplicaArg, config: StackOption = Path("ho
             run_dir: RunDirOption = None) -> None:
     """Route to a drained replica again."""
     _replica_action("undrain", config, run_dir, model, replica)
+
+
+@app.command()
+def reload(config: StackOption = Path("homellm.yaml"), run_dir: RunDirOption = None) -> None:
+    """Make a running `up` re-read the stack file (limits, timeouts, keys: no restart).
+
+    An invalid file, or one that changes models or the listen address, is refused and the
+    running configuration stays in force. `kill -HUP <pid of up>` does the same.
+    """
+    from homellm.admin_client import AdminClient
+
+    try:
+        client = AdminClient.for_stack(config, run_dir)
+    except ConfigError as exc:
+        _fail(ConfigError(f"{exc}; nothing was reloaded"))
+    try:
+        result = client.reload()
+    except HomellmError as exc:
+        _fail(exc)
+    changed = ", ".join(result["changed"]) or "nothing changed"
+    console.print(f"reloaded {result['file']}: {changed}")
 
 
 @app.command()

@@ -81,12 +81,29 @@ class TimeoutConfig(_Strict):
     between_tokens_s: float = Field(default=60.0, gt=0)
 
 
+class KeyLimits(_Strict):
+    """Limits of one API key; None: no limit of that kind."""
+
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens a minute")
+    concurrent: int | None = Field(default=None, ge=1, description="requests in flight")
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_concurrent_requests: int | None = Field(default=None, ge=1,
+                                                description="over all keys; None: no limit")
+    per_key: KeyLimits = Field(default_factory=KeyLimits, description="every key's default")
+    keys: dict[str, KeyLimits] = Field(default_factory=dict, description="by key name")
+
+
 class GatewayConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     api_keys_file: str | None = None
     max_attempts: int = Field(default=3, ge=1, description="backends tried before the first byte")
     health: HealthConfig = Field(default_factory=HealthConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("listen", mode="before")
     @classmethod

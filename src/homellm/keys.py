@@ -16,8 +16,12 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from homellm.config import KeyLimits
 from homellm.errors import ConfigError
 from homellm.fsutil import atomic_write_text
 
@@ -34,9 +38,14 @@ class KeyRecord:
     models: list[str] | None = None  # None: every model
     revoked: bool = False
     meta: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, int] | None = None  # rpm, tpm, concurrent; the stack file may override
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    @cached_property
+    def key_limits(self) -> KeyLimits | None:
+        return KeyLimits.model_validate(self.limits) if self.limits else None
 
 
 def _hash(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -77,9 +86,16 @@ class KeyFile:
     def load(self) -> list[KeyRecord]:
         try:
             data = json.loads(self.path.read_text("utf-8"))
-            return [KeyRecord(**item) for item in data["keys"]]
+            records = [KeyRecord(**item) for item in data["keys"]]
+            for record in records:
+                _ = record.key_limits  # a broken limits entry fails here, at load
+            return records
         except FileNotFoundError:
             return []
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise ConfigError(f"{self.path}: key limits: {where}: {error['msg']}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{self.path}: not a homellm keys file ({type(exc).__name__}: "
                               f"{exc}); restore it or start a new one") from None
@@ -88,7 +104,8 @@ class KeyFile:
         text = json.dumps({"keys": [asdict(r) for r in records]}, indent=2) + "\n"
         atomic_write_text(self.path, text, mode=0o600)
 
-    def add(self, name: str, models: list[str] | None = None) -> str:
+    def add(self, name: str, models: list[str] | None = None,
+            limits: KeyLimits | None = None) -> str:
         """Store a new key's hash under ``name``; return the key (shown once, never stored)."""
         if not name or any(c.isspace() for c in name):
             raise ConfigError(f"key name {name!r}: use a non-empty name without spaces")
@@ -97,7 +114,9 @@ class KeyFile:
             raise ConfigError(f"{self.path}: a key named {name!r} exists; revoke it first")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         records.append(KeyRecord(name=name, key_id=key_id, hash=hash_secret(secret),
-                                 created=time.time(), models=models))
+                                 created=time.time(), models=models,
+                                 limits=limits.model_dump(exclude_none=True) or None
+                                 if limits else None))
         self.save(records)
         return f"{PREFIX}-{key_id}-{secret}"
 

@@ -26,6 +26,7 @@ from homellm.gateway.admin import ReplicaControl
 from homellm.gateway.app import Gateway
 from homellm.gateway.backends import BackendInfo
 from homellm.keys import KeyVerifier
+from homellm.reload import reload_stack
 from homellm.supervisor import EventCallback, Supervisor
 
 
@@ -214,7 +215,33 @@ def cancel_on_sigterm() -> list[int]:
     return received
 
 
-async def serve_stack(stack: StackConfig, run_dir: Path, console: Console) -> int:
+def enable_reload(running: Running, stack_file: Path, console: Console) -> None:
+    """``homellm reload`` (admin API) and SIGHUP re-read ``stack_file`` (see reload.py)."""
+    in_force = [running.stack]
+    loopback = _is_loopback(running.stack.gateway.host)
+
+    async def reload() -> dict[str, object]:
+        try:
+            new, result = reload_stack(running.gateway, in_force[0], stack_file, loopback)
+        except ConfigError as exc:
+            console.print(f"{time.strftime('%H:%M:%S')} reload refused: {exc}")
+            raise
+        in_force[0] = running.stack = new
+        changed = ", ".join(result["changed"]) or "nothing changed"  # type: ignore[arg-type]
+        console.print(f"{time.strftime('%H:%M:%S')} reloaded {stack_file}: {changed}")
+        return result
+
+    def on_sighup() -> None:
+        task = asyncio.get_running_loop().create_task(reload())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported above
+
+    if running.gateway.control is not None:
+        running.gateway.control.reload = reload
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
+
+
+async def serve_stack(stack: StackConfig, run_dir: Path, console: Console,
+                      stack_file: Path | None = None) -> int:
     """``homellm up``: start the stack, print where it answers, serve until a signal."""
     early_stop = cancel_on_sigterm()
 
@@ -224,6 +251,8 @@ async def serve_stack(stack: StackConfig, run_dir: Path, console: Console) -> in
     try:
         async with running_stack(stack, run_dir, on_event, console.print) as running:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            if stack_file is not None:
+                enable_reload(running, stack_file, console)
             console.print(f"gateway {running.url}/v1 serving "
                           f"{', '.join(stack.models)}; logs in {run_dir / 'logs'}; Ctrl-C stops")
             received = await wait_for_signal()

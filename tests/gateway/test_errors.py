@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from homellm.gateway import app
+from homellm.config import LimitsConfig
 from tests.conftest import free_port
 from tests.gateway.conftest import MODEL, Harness, RunningGateway, info
 
@@ -95,8 +95,9 @@ def test_fake_gateway_504_upstream_timeout(harness: Harness) -> None:
     gw.wait_idle()
 
 
-def test_fake_gateway_413_and_405(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app, "MAX_BODY_BYTES", 1000)
+def test_fake_gateway_413_and_405(gw: RunningGateway) -> None:
+    gw.gw.configure(gw.gw.config.model_copy(
+        update={"limits": LimitsConfig(max_body_bytes=1024)}))
     with gw.http() as http:
         assert http.get("/v1/completions").status_code == 405
         big = {"model": MODEL, "prompt": "x" * 2000}

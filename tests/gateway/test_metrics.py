@@ -48,7 +48,12 @@ def scrape(gw: RunningGateway) -> Samples:
     return result[0]
 
 
+KEYED = ("requests_total", "prompt_tokens_total", "completion_tokens_total")
+
+
 def val(samples: Samples, name: str, **labels: str) -> float:
+    if name in KEYED:
+        labels.setdefault("key_name", "")  # these gateways run without API keys
     key = (P + name, tuple(sorted(labels.items())))
     assert key in samples, f"no sample {key}; have {sorted(k for k in samples if k[0] == key[0])}"
     return samples[key]
@@ -221,9 +226,10 @@ def test_metrics_rate_limit_counter_is_exposed_and_registries_are_separate() -> 
     backends = [info(1, "tiny/0")]
     a, b = Gateway(backends, GatewayConfig()), Gateway(backends, GatewayConfig())
     assert a.metrics.registry is not b.metrics.registry
-    a.metrics.rate_limited_request(MODEL, "alice")
+    a.metrics.rate_limited_request(MODEL, "alice", "rpm")
     text_a, text_b = a.metrics.render().decode(), b.metrics.render().decode()
-    assert f'{P}rate_limited_requests_total{{key_name="alice",model="tiny"}} 1.0' in text_a
+    labels = 'key_name="alice",limit="rpm",model="tiny"'
+    assert f"{P}rate_limited_requests_total{{{labels}}} 1.0" in text_a
     assert f"# TYPE {P}rate_limited_requests_total counter" in text_b
     assert "alice" not in text_b
     families = {f.name for f in text_string_to_metric_families(text_b)}

@@ -8,6 +8,7 @@ converts to the parent's clock before handing records over, see ``client.py``). 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 #: where ``output_tokens`` came from: the server's ``usage``, the model's tokenizer re-counting
@@ -65,7 +66,7 @@ class RequestRecord:
     @property
     def itls(self) -> list[float]:
         times = self.chunk_times
-        return [b - a for a, b in zip(times, times[1:], strict=False)]
+        return [b - a for a, b in pairwise(times)]
 
     @property
     def send_lag(self) -> float:

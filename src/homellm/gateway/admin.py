@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from homellm.errors import HomellmError
 from homellm.gateway.proxy import error_body
 from homellm.gateway.statuspage import render_status_page
 
@@ -36,6 +37,8 @@ class ReplicaControl:
     # replica name → {"process_state", "pid", "restarts", "last_exit", "process_error"}
     status: Callable[[], dict[str, dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[None]] | None = None
+    # re-read the stack file; raises HomellmError saying why it was refused
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 def _error(status: int, message: str, code: str) -> Response:
@@ -66,6 +69,7 @@ class AdminApi:
                   methods=["POST"]),
             Route(base + "/{model}/{index:int}/restart", self._guard(self._restart),
                   methods=["POST"]),
+            Route("/admin/reload", self._guard(self._reload), methods=["POST"]),
         ]
 
     def _guard(self, handler: Callable[[Request], Awaitable[Response]]
@@ -150,3 +154,13 @@ class AdminApi:
         except ValueError as exc:
             return _error(409, str(exc), "not_supervised")
         return JSONResponse({"replica": backend.name, "restarted": True})
+
+    async def _reload(self, request: Request) -> Response:
+        control = self._gateway.control
+        if control is None or control.reload is None:
+            return _error(409, "this gateway was not started from a stack file it can re-read",
+                          "reload_unsupported")
+        try:
+            return JSONResponse(await control.reload())
+        except HomellmError as exc:
+            return _error(422, str(exc), "reload_refused")

@@ -35,29 +35,27 @@ from homellm.errors import ConfigError
 from homellm.gateway.admin import AdminApi, ReplicaControl
 from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_pools
 from homellm.gateway.health import HealthChecker, log_transition
+from homellm.gateway.limits import Limits, Refusal, held_tokens
 from homellm.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
-from homellm.gateway.proxy import Proxy, error_body, reject
+from homellm.gateway.proxy import Proxy, error_body, reject, send_json
 from homellm.keys import KeyRecord, KeyVerifier
 
 __all__ = ["BackendInfo", "Gateway"]
 
 log = logging.getLogger("homellm.gateway")
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
 class _ClientGone(Exception):
     """The client disconnected while sending its request."""
 
 
-async def _read_body(receive: Any) -> bytes | None:
-    """The request body, or None when it is larger than MAX_BODY_BYTES."""
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes."""
     message = await receive()
     if message["type"] == "http.disconnect":
         raise _ClientGone
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
-        return body if len(body) <= MAX_BODY_BYTES else None
+        return body if len(body) <= limit else None
     parts, size = [body], len(body)
     while True:
         message = await receive()
@@ -65,7 +63,7 @@ async def _read_body(receive: Any) -> bytes | None:
             raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         parts.append(chunk)
         if not message.get("more_body", False):
@@ -136,6 +134,7 @@ class Gateway:
         self.keys: KeyVerifier | None = None  # None: no API keys (then loopback only, see up)
         self.created = int(time.time())
         self.metrics = GatewayMetrics(self.pools)  # its own registry, served at GET /metrics
+        self.limits = Limits(config.limits)
         self._proxy = Proxy(self.pools, config, self.served_by, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._health: HealthChecker | None = None
@@ -179,6 +178,18 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Apply a reloaded stack file's gateway section: limits, timeouts, attempts, health.
+
+        ``listen`` and the keys file are read at start only (``up`` refuses a reload that
+        changes them); requests in flight finish under the settings they started with.
+        """
+        self.config = config
+        self.limits.configure(config.limits)
+        self._proxy.configure(config)
+        if self._health is not None:
+            self._health.configure(config.health)
 
     async def backend_restarted(self, name: str) -> bool:
         """The supervisor replaced the engine behind ``name``: forget the dead process's ejection
@@ -231,12 +242,14 @@ class Gateway:
             if key is None:
                 return await reject(send, 401, "Incorrect or missing API key (send it as "
                                     "Authorization: Bearer ...)", "invalid_api_key")
+        limits = self.limits
         try:
-            body = await _read_body(receive)
+            body = await _read_body(receive, limits.max_body_bytes)
         except _ClientGone:
             return
         if body is None:
-            msg = f"request body larger than {MAX_BODY_BYTES} bytes"
+            msg = (f"request body larger than {limits.max_body_bytes} bytes "
+                   "(gateway.limits.max_body_bytes)")
             return await reject(send, 413, msg, "request_too_large")
         try:
             payload = json.loads(body)
@@ -258,7 +271,25 @@ class Gateway:
         if key is not None and not key.allows(model):
             return await reject(send, 403, f"the key {key.name!r} may not use model `{model}`",
                                 "model_not_allowed", "model")
-        await self._proxy.serve(pool, path, payload, body, receive, send, received)
+        key_name = key.name if key is not None else ""
+        ticket = limits.admit(key.name if key is not None else None,
+                              key.key_limits if key is not None else None, held_tokens(payload))
+        if isinstance(ticket, Refusal):
+            return await self._refuse(send, model, key_name, ticket)
+        used = None
+        try:
+            used = await self._proxy.serve(pool, path, payload, body, receive, send, received,
+                                           key_name)
+        finally:
+            limits.release(ticket, used)
+
+    async def _refuse(self, send: Any, model: str, key_name: str, refusal: Refusal) -> None:
+        self.metrics.rate_limited_request(model, key_name, refusal.limit)
+        # OpenAI's 429 body: type "requests" or "tokens", code rate_limit_exceeded
+        body = error_body(f"{refusal.message}; retry after {refusal.retry_after_s} s",
+                          "tokens" if refusal.limit == "tpm" else "requests",
+                          "gateway_busy" if refusal.limit == "global" else "rate_limit_exceeded")
+        await send_json(send, 429, body, [(b"retry-after", b"%d" % refusal.retry_after_s)])
 
     async def _models(self, request: Request) -> Response:
         key = None

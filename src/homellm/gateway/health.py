@@ -57,6 +57,11 @@ class HealthChecker:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
 
+    def configure(self, config: HealthConfig) -> None:
+        """New settings from a reloaded stack file, in force from each backend's next check."""
+        self._config = config
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+
     def start(self) -> None:
         if self._tasks:
             return
@@ -95,8 +100,8 @@ class HealthChecker:
         return ok
 
     async def _run(self, backend: Backend) -> None:
-        interval = self._config.interval_s
         while True:
+            interval = self._config.interval_s
             try:
                 await self.check(backend)
             except asyncio.CancelledError:

@@ -11,8 +11,9 @@ a stream (``transformers serve`` always sends it; vLLM and SGLang only when the 
 ``stream_options.include_usage``; the gateway never adds that to a client's request). A response
 without it is counted in ``homellm_gateway_responses_without_usage_total``.
 
-``key_name`` is a label of the rate-limit counter only, for now: API keys are not implemented
-yet, so the other metrics do not carry it.
+``key_name`` (the API key's name, never the key; empty when the gateway uses no keys) labels
+the request and token counters and the rate-limit counter: per-key usage is what one bills or
+limits by. Latency histograms leave it out, so their series count stays models × backends.
 """
 
 from __future__ import annotations
@@ -92,16 +93,17 @@ def parse_usage(data: bytes) -> tuple[int | None, int | None]:
 
 
 class _Series:
-    """The children of one (model, backend), resolved once: ``labels()`` is slow-ish."""
+    """The children of one (model, backend, key_name), resolved once: ``labels()`` is slow-ish."""
 
-    __slots__ = ("completion", "e2e", "no_usage", "prompt", "requests", "ttft")
+    __slots__ = ("completion", "e2e", "key_name", "no_usage", "prompt", "requests", "ttft")
 
-    def __init__(self, metrics: GatewayMetrics, model: str, backend: str) -> None:
+    def __init__(self, metrics: GatewayMetrics, model: str, backend: str, key_name: str) -> None:
+        self.key_name = key_name
         self.requests: dict[int, Any] = {}
         self.ttft = metrics.time_to_first_token.labels(model, backend)
         self.e2e = metrics.request_duration.labels(model, backend)
-        self.prompt = metrics.prompt_tokens.labels(model, backend)
-        self.completion = metrics.completion_tokens.labels(model, backend)
+        self.prompt = metrics.prompt_tokens.labels(model, backend, key_name)
+        self.completion = metrics.completion_tokens.labels(model, backend, key_name)
         self.no_usage = metrics.responses_without_usage.labels(model, backend)
 
 
@@ -152,7 +154,7 @@ class GatewayMetrics:
             "homellm_gateway_requests", "Proxied requests by the HTTP status the client got "
             "(499: the client went away first; a stream broken after its first event keeps its "
             "200, see midstream_failures); backend: the one that answered, or the last tried",
-            ["model", "backend", "status"], registry=r)
+            ["model", "backend", "key_name", "status"], registry=r)
         self.time_to_first_token = Histogram(
             "homellm_gateway_time_to_first_token_seconds", "Streaming requests: from the "
             "gateway receiving the request to the first SSE event sent to the client",
@@ -163,11 +165,11 @@ class GatewayMetrics:
             mbl, buckets=E2E_BUCKETS, registry=r)
         self.prompt_tokens = Counter(
             "homellm_gateway_prompt_tokens", "Prompt tokens, from the backends' usage",
-            mbl, registry=r)
+            ["model", "backend", "key_name"], registry=r)
         self.completion_tokens = Counter(
             "homellm_gateway_completion_tokens", "Completion tokens, from the backends' usage "
             "(streams: only when the backend sent usage, see responses_without_usage)",
-            mbl, registry=r)
+            ["model", "backend", "key_name"], registry=r)
         self.responses_without_usage = Counter(
             "homellm_gateway_responses_without_usage", "Complete answers whose tokens are not "
             "counted: the backend sent no usage (vLLM/SGLang streams without "
@@ -195,8 +197,8 @@ class GatewayMetrics:
             mbl, registry=r)
         self.rate_limited = Counter(
             "homellm_gateway_rate_limited_requests", "Requests refused with 429 by the gateway's "
-            "limits (defined now; incremented by the limits code once it exists)",
-            ["model", "key_name"], registry=r)
+            "limits; limit: rpm, tpm, concurrent (the key's) or global (max_concurrent_requests)",
+            ["model", "key_name", "limit"], registry=r)
         r.register(_PoolCollector(pools))
 
         self._series: dict[tuple[str, str], _Series] = {}
@@ -207,7 +209,7 @@ class GatewayMetrics:
             self.retries.labels(model)
             self.failovers.labels(model)
             for backend in pool.backends:
-                self._series[(model, backend.name)] = _Series(self, model, backend.name)
+                self._series[(model, backend.name, "")] = _Series(self, model, backend.name, "")
                 self.ejections.labels(model, backend.name)
                 self.midstream_failures.labels(model, backend.name)
 
@@ -225,16 +227,18 @@ class GatewayMetrics:
     def request_done(
         self, model: str, backend: str, status: int, ttft_s: float | None, e2e_s: float | None,
         prompt_tokens: int | None, completion_tokens: int | None, attempts: int,
-        failover: bool = False, usage_expected: bool = False,
+        failover: bool = False, usage_expected: bool = False, key_name: str = "",
     ) -> None:
         """One request is over. ``e2e_s`` None: no backend answered (no duration observed);
         ``usage_expected``: a complete answer, so missing token counts are worth counting."""
-        series = self._series.get((model, backend))
+        series = self._series.get((model, backend, key_name))
         if series is None:
-            series = self._series[(model, backend)] = _Series(self, model, backend)
+            series = self._series[(model, backend, key_name)] = _Series(self, model, backend,
+                                                                        key_name)
         child = series.requests.get(status)
         if child is None:
-            child = series.requests[status] = self.requests.labels(model, backend, str(status))
+            child = series.requests[status] = self.requests.labels(model, backend, key_name,
+                                                                   str(status))
         child.inc()
         if e2e_s is not None:
             series.e2e.observe(e2e_s)
@@ -260,9 +264,8 @@ class GatewayMetrics:
     def ejected(self, model: str, backend: str) -> None:
         self.ejections.labels(model, backend).inc()
 
-    def rate_limited_request(self, model: str, key_name: str) -> None:
-        """For the limits code (not written yet)."""
-        self.rate_limited.labels(model, key_name).inc()
+    def rate_limited_request(self, model: str, key_name: str, limit: str) -> None:
+        self.rate_limited.labels(model, key_name, limit).inc()
 
     # -- exposition --------------------------------------------------------------------------
 

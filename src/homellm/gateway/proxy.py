@@ -178,28 +178,37 @@ class Proxy:
                  served_by: Counter[str], metrics: GatewayMetrics | None = None) -> None:
         self._pools = pools
         self._metrics = metrics if metrics is not None else GatewayMetrics(pools)
-        self._config = config
         self._served_by = served_by
         self._session: aiohttp.ClientSession | None = None
+        self.configure(config)
+        backends = [b for pool in pools.values() for b in pool.backends]
+        self._urls = {b.name: {p: URL(u) for p, u in b.urls.items()} for b in backends}
+        self._names = {b.name: b.name.encode("ascii", "backslashreplace") for b in backends}
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Timeouts and attempts from a (re)loaded stack file; requests in flight keep theirs."""
+        self._config = config
         timeouts = config.timeouts
         self._first_token_s = timeouts.first_token_s
         self._between_s = timeouts.between_tokens_s
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
         )
-        backends = [b for pool in pools.values() for b in pool.backends]
-        self._urls = {b.name: {p: URL(u) for p, u in b.urls.items()} for b in backends}
-        self._names = {b.name: b.name.encode("ascii", "backslashreplace") for b in backends}
 
     def bind(self, session: aiohttp.ClientSession | None) -> None:
         self._session = session
 
     async def serve(self, pool: Pool, path: str, payload: dict[str, Any], body: bytes,
-                    receive: Any, send: Any, received: float | None = None) -> None:
+                    receive: Any, send: Any, received: float | None = None,
+                    key_name: str = "") -> int | None:
         """Forward a validated request (``body`` is its raw JSON, ``payload`` the parsed one;
-        ``received``: ``time.perf_counter()`` when the request arrived, for the metrics)."""
+        ``received``: ``time.perf_counter()`` when the request arrived, for the metrics).
+
+        Returns the tokens the backend reported using (prompt + completion), None if unknown.
+        """
         if self._session is None:
-            return await reject(send, 503, "the gateway is not started", "not_started")
+            await reject(send, 503, "the gateway is not started", "not_started")
+            return None
         if received is None:
             received = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -208,6 +217,7 @@ class Proxy:
         control = _Control(loop, task)
         watcher = loop.create_task(_watch_disconnect(receive, control))
         self._metrics.request_started(pool.model)
+        used: int | None = None
         try:
             stream = payload.get("stream") is True and path != "/v1/embeddings"
             await self._forward(pool, path, payload, body, stream, control, send)
@@ -218,10 +228,13 @@ class Proxy:
             cut_short = control.gone and not control.done  # before close() sets done
             control.close()
             watcher.cancel()
-            self._account(pool.model, control, received, cut_short)
+            used = self._account(pool.model, control, received, cut_short, key_name)
+        return used
 
-    def _account(self, model: str, control: _Control, received: float, cut_short: bool) -> None:
-        """The request is over: one call to the metrics (no per-chunk accounting anywhere)."""
+    def _account(self, model: str, control: _Control, received: float, cut_short: bool,
+                 key_name: str) -> int | None:
+        """The request is over: one call to the metrics (no per-chunk accounting anywhere);
+        returns the tokens used as the backend reported them."""
         metrics = self._metrics
         metrics.request_finished(model)
         backend, served = control.backend, control.served
@@ -240,8 +253,11 @@ class Proxy:
             prompt, completion, control.attempts,
             failover=served and backend is not None
             and (control.attempts > 1 or backend.info.role == BACKUP),
-            usage_expected=control.usage is not None,
+            usage_expected=control.usage is not None, key_name=key_name,
         )
+        if prompt is None and completion is None:
+            return None
+        return (prompt or 0) + (completion or 0)
 
     async def _forward(
         self, pool: Pool, path: str, payload: dict[str, Any], body: bytes, stream: bool,
