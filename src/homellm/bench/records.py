@@ -35,8 +35,10 @@ class RequestRecord:
     scheduled_at: float            # when the load pattern meant to send it
     sent_at: float                 # just before the HTTP request was sent (vLLM's ``st``)
     first_at: float | None = None  # first stream message carrying ``choices`` (TTFT's end)
-    #: arrival time of every stream message carrying ``choices``, first one included (check the
-    #: exact rule against vLLM's endpoint_request_func.py); ITL samples are the gaps between
+    #: arrival time of every stream message whose ``choices`` list is non-empty, first one
+    #: included, even when its text/content is empty (a role-only or special-token delta); not
+    #: SSE comments, not ``[DONE]``, not the usage-only message (``choices: []``). That is vLLM's
+    #: rule (vllm/benchmarks/lib/endpoint_request_func.py). ITL samples are the gaps between
     #: consecutive entries (vLLM: one sample per message, pooled over requests)
     chunk_times: list[float] = field(default_factory=list)
     done_at: float | None = None   # the response was complete (stream closed, [DONE] read)
