@@ -37,6 +37,7 @@ from homellm.gateway.backends import PROXY_PATHS, Backend, BackendInfo, build_po
 from homellm.gateway.health import HealthChecker, log_transition
 from homellm.gateway.limits import Limits, Refusal, held_tokens
 from homellm.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from homellm.gateway.openapi import openapi_document
 from homellm.gateway.proxy import Proxy, error_body, reject, send_json
 from homellm.keys import KeyRecord, KeyVerifier
 
@@ -144,7 +145,8 @@ class Gateway:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/health", self._alive, methods=["GET"]),
             Route("/ready", self._ready, methods=["GET"]),
-            Route("/metrics", self._metrics, methods=["GET"]),  # no auth yet, like /ready
+            Route("/metrics", self._metrics, methods=["GET"]),  # no auth, like /ready
+            Route("/openapi.json", self._openapi, methods=["GET"]),
         ]
         routes += AdminApi(self).routes()
         self.app = _GatewayApp(fast, routes=routes, exception_handlers={HTTPException: _http_error})
@@ -304,6 +306,15 @@ class Gateway:
             for model in self.pools if key is None or key.allows(model)
         ]
         return JSONResponse({"object": "list", "data": data})
+
+    async def _openapi(self, request: Request) -> Response:
+        """The API document; with keys, only for a valid key (it names the models)."""
+        if self.keys is not None and self._key_for(request.headers.get("authorization", "")) \
+                is None:
+            body = error_body("Incorrect or missing API key", "invalid_request_error",
+                              "invalid_api_key")
+            return Response(body, 401, media_type="application/json")
+        return JSONResponse(openapi_document(self.pools, with_keys=self.keys is not None))
 
     async def _alive(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -201,7 +201,10 @@ class FakeBackend:
             writer.write(_error(400, "fake backend: 'prompt' is required"))
             return True
         limit = request.get("max_completion_tokens") or request.get("max_tokens") or self.tokens
-        count = max(0, min(int(limit), self.tokens))
+        if type(limit) is not int or limit < 1:  # as engines do: 400, never a crash
+            writer.write(_error(400, "fake backend: max_tokens must be an integer of 1 or more"))
+            return True
+        count = min(limit, self.tokens)
         finish = "length" if count == limit else "stop"
         usage = {"prompt_tokens": 3, "completion_tokens": count, "total_tokens": 3 + count}
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{self.name}-{next(self._ids)}"
