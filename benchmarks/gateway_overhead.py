@@ -88,6 +88,27 @@ gateway:
     wait_http(f"http://127.0.0.1:{gw}/ready", up, 60, tmp / "homellm.log")
     paths.append(Target("homellm", f"http://127.0.0.1:{gw}", "fake", up.pid))
 
+    if args.no_keys:
+        skipped["homellm+keys"] = "--no-keys"
+    else:  # the same gateway with an API key and every kind of limit checked (none reached)
+        from homellm.keys import KeyFile
+
+        key = KeyFile(tmp / "keys.json").add("bench")
+        gw_keys = port()
+        keyed = tmp / "stack-keys.yaml"
+        keyed.write_text(stack.read_text().replace(f"listen: 127.0.0.1:{gw}", f"""\
+listen: 127.0.0.1:{gw_keys}
+  api_keys_file: keys.json
+  limits:
+    max_concurrent_requests: 100000
+    per_key: {{rpm: 100000000, tpm: 1000000000, concurrent: 100000}}"""))
+        up = procs.start("homellm-keys", [PYTHON, "-m", "homellm.cli", "up", "-c", str(keyed),
+                                          "--run-dir", str(tmp / "run-keys")],
+                         cpus=proxy_cpu, grace=20)
+        wait_http(f"http://127.0.0.1:{gw_keys}/ready", up, 60, tmp / "homellm-keys.log")
+        paths.append(Target("homellm+keys", f"http://127.0.0.1:{gw_keys}", "fake", up.pid,
+                            {"Authorization": f"Bearer {key}"}))
+
     if args.no_nginx:
         skipped["nginx"] = "--no-nginx"
     else:
@@ -210,6 +231,24 @@ def analyse(runs: list[dict[str, Any]], names: list[str], phases: list[str]) -> 
     return out
 
 
+def paired(runs: list[dict[str, Any]], name: str, base: str, phases: list[str]
+           ) -> dict[str, float]:
+    """Medians over rounds of (name − base) latency and name ÷ base throughput, same round."""
+    by = {(r["round"], r["phase"], r["path"]): r for r in runs}
+    out: dict[str, float] = {}
+    for phase in phases:
+        pairs = [(m, by[(n, p, base)]) for (n, p, path), m in by.items()
+                 if p == phase and path == name and (n, p, base) in by]
+        if not pairs:
+            continue
+        for metric in ("ttft_ms", "e2e_ms"):
+            for q in ("p50", "p99"):
+                out[f"{phase}.{metric}.{q}"] = med([m[metric][q] - b[metric][q] for m, b in pairs])
+        out[f"{phase}.ratio"] = med([m["chunks_per_s"] / b["chunks_per_s"] for m, b in pairs
+                                     if b["chunks_per_s"]])
+    return out
+
+
 def table(summary: dict[str, Any], phases: list[str]) -> str:
     load = [p for p in phases if p != "probe"]
     head = ["path", "probe TTFT p50/p99 ms", "added TTFT p50/p99", "added E2E p50/p99"]
@@ -241,6 +280,11 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         for q, limit in (("p50", TARGETS["added_p50_ms"]), ("p99", TARGETS["added_p99_ms"])):
             value = row[f"added.{metric}.{q}"]
             out[f"added {metric} {q} <= {limit} ms"] = {"value": value, "met": value <= limit}
+    keyed = summary.get("keys_vs_open")
+    if keyed:
+        value = keyed["probe.ttft_ms.p50"]
+        out["keys+limits add <= 1.0 ms to the p50 TTFT of homellm without keys"] = {
+            "value": value, "met": value <= 1.0}
     if "c64.ratio" in row:
         value = row["c64.ratio"]
         out[f"c64 ratio >= {TARGETS['ratio_c64']}"] = {"value": value,
@@ -298,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--pin", choices=("split", "none"), default="split")
+    parser.add_argument("--no-keys", action="store_true", help="skip homellm with keys+limits")
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--litellm-venv", default="/tmp/litellm-venv")
@@ -341,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         finally:
             procs.stop_all()
-    names = [p for p in ("direct", "homellm", "nginx", "litellm")
+    names = [p for p in ("direct", "homellm", "homellm+keys", "nginx", "litellm")
              if any(r["path"] == p for r in runs)]
     summary = analyse(runs, names, [p[0] for p in phases])
+    keys_vs_open = paired(runs, "homellm+keys", "homellm", [p[0] for p in phases])
     text = table(summary, [p[0] for p in phases])
-    targets = verdict(summary)
+    targets = verdict({**summary, "keys_vs_open": keys_vs_open})
     wall = round(time.perf_counter() - began, 1)
     title = (f"gateway overhead: {args.rounds} rounds x {args.duration:g} s, {args.tokens} tok @ "
              f"{args.delay_ms:g} ms, pin={args.pin}, {info['machine']['cpu_model']} "
@@ -353,10 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "results.json", {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "arrangement": arrangement, **info, "busy_after": busy_note(), "skipped": skipped,
-        "wall_s": wall, "summary": summary, "targets": targets, "runs": runs})
+        "wall_s": wall, "summary": summary, "keys_vs_open": keys_vs_open, "targets": targets,
+        "runs": runs})
     plot(summary, [p[0] for p in phases], args.out / "overhead.png", title)
     (args.out / "table.md").write_text(text + "\n")
     print(f"\n{arrangement}\n{text}")
+    if keys_vs_open:
+        print("homellm+keys − homellm (same round, medians): " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in keys_vs_open.items() if k.startswith("probe.")))
     for key, value in targets.items():
         print(f"homellm {key}: {value['value']} -> {'met' if value['met'] else 'NOT met'}")
     for name, why in skipped.items():

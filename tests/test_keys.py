@@ -72,3 +72,35 @@ def test_keys_cli(tmp_path: Path) -> None:
     again = homellm("revoke", "alice")
     assert again.returncode == 2 and "no active key named 'alice'" in again.stderr
     assert KeyVerifier(tmp_path / "keys.json").verify(key) is None
+
+
+def test_the_slow_hash_runs_once_per_key_good_or_bad(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = KeyFile(tmp_path / "keys.json")
+    good = keys.add("alice")
+    verifier = KeyVerifier(tmp_path / "keys.json")
+    calls: list[str] = []
+    real = KeyVerifier.confirm
+    monkeypatch.setattr(KeyVerifier, "confirm", staticmethod(
+        lambda key, record: calls.append(key) or real(key, record)))
+    wrong = good[:-3] + "xyz"  # a real key id with a wrong secret
+    record, settled = verifier.lookup(good)
+    assert record is not None and not settled  # only the slow hash can tell
+    for _ in range(3):
+        assert verifier.verify(good) is not None
+        assert verifier.verify(wrong) is None
+    assert calls == [good, wrong]  # then both are remembered
+    assert verifier.lookup("hlk-nosuchid-secret") == (None, True)  # no hash for an unknown id
+
+
+def test_key_limits_are_stored_and_checked(tmp_path: Path) -> None:
+    from homellm.config import KeyLimits
+
+    keys = KeyFile(tmp_path / "keys.json")
+    keys.add("ci", limits=KeyLimits(rpm=10, concurrent=2))
+    assert keys.load()[0].key_limits == KeyLimits(rpm=10, concurrent=2)
+    data = json.loads((tmp_path / "keys.json").read_text())
+    data["keys"][0]["limits"] = {"rpm": 0}
+    (tmp_path / "keys.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"key limits: rpm: Input should be greater than"):
+        keys.load()

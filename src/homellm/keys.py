@@ -26,6 +26,8 @@ from homellm.errors import ConfigError
 from homellm.fsutil import atomic_write_text
 
 PREFIX = "hlk"
+_BAD = ""  # a remembered wrong secret for a real key id
+_MAX_REMEMBERED = 100_000
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -152,7 +154,10 @@ class KeyVerifier:
             self._verified = {h: i for h, i in self._verified.items() if i in self._by_id}
             self._mtime = mtime
 
-    def verify(self, key: str) -> KeyRecord | None:
+    def lookup(self, key: str) -> tuple[KeyRecord | None, bool]:
+        """The fast part of a check: ``(record, True)`` for a key known good, ``(None, True)``
+        for one known bad, ``(record, False)`` when only the slow hash can tell (then call
+        :meth:`confirm`, off the event loop, and :meth:`settle` with its answer)."""
         now = time.monotonic()
         if now - self._checked > 1.0:
             self._checked = now
@@ -160,14 +165,34 @@ class KeyVerifier:
                 self._reload()
         parsed = split_key(key)
         if parsed is None:
-            return None
+            return None, True
         record = self._by_id.get(parsed[0])
         if record is None:
-            return None
+            return None, True
         fingerprint = hashlib.sha256(key.encode()).digest()
-        if self._verified.get(fingerprint) == record.key_id:
+        known = self._verified.get(fingerprint)
+        if known == record.key_id:
+            return record, True
+        if known == _BAD:
+            return None, True
+        return record, False
+
+    @staticmethod
+    def confirm(key: str, record: KeyRecord) -> bool:
+        """The slow hash (tens of ms, the GIL released): run it in a thread."""
+        parsed = split_key(key)
+        return parsed is not None and secret_matches(parsed[1], record.hash)
+
+    def settle(self, key: str, record: KeyRecord, good: bool) -> KeyRecord | None:
+        fingerprint = hashlib.sha256(key.encode()).digest()
+        if not good and len(self._verified) >= _MAX_REMEMBERED:
+            return None  # do not let a flood of wrong keys grow the memory
+        self._verified[fingerprint] = record.key_id if good else _BAD
+        return record if good else None
+
+    def verify(self, key: str) -> KeyRecord | None:
+        """All of a check at once (it may block for the slow hash)."""
+        record, settled = self.lookup(key)
+        if settled or record is None:
             return record
-        if secret_matches(parsed[1], record.hash):
-            self._verified[fingerprint] = record.key_id
-            return record
-        return None
+        return self.settle(key, record, self.confirm(key, record))

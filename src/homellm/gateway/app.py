@@ -136,6 +136,7 @@ class Gateway:
         self.created = int(time.time())
         self.metrics = GatewayMetrics(self.pools)  # its own registry, served at GET /metrics
         self.limits = Limits(config.limits)
+        self._hashing = asyncio.Semaphore(2)
         self._proxy = Proxy(self.pools, config, self.served_by, self.metrics)
         self._session: aiohttp.ClientSession | None = None
         self._health: HealthChecker | None = None
@@ -233,6 +234,20 @@ class Gateway:
             return None
         return self.keys.verify(authorization[7:].strip())
 
+    async def _check_key(self, authorization: str) -> KeyRecord | None:
+        """Like _key_for, but a key not seen before is hashed in a thread (tens of ms of
+        scrypt must not stall every stream on the event loop), two at a time at most."""
+        keys = self.keys
+        if keys is None or authorization[:7].lower() != "bearer ":
+            return None
+        token = authorization[7:].strip()
+        record, settled = keys.lookup(token)
+        if settled or record is None:
+            return record
+        async with self._hashing:
+            good = await asyncio.to_thread(keys.confirm, token, record)
+        return keys.settle(token, record, good)
+
     async def _handle(self, path: str, scope: Any, receive: Any, send: Any) -> None:
         """A proxy route: check the key, read, parse and check the body once, then forward it."""
         received = time.perf_counter()
@@ -240,7 +255,7 @@ class Gateway:
         if self.keys is not None:
             authorization = next((v.decode("latin-1") for k, v in scope["headers"]
                                   if k == b"authorization"), "")
-            key = self._key_for(authorization)
+            key = await self._check_key(authorization)
             if key is None:
                 return await reject(send, 401, "Incorrect or missing API key (send it as "
                                     "Authorization: Bearer ...)", "invalid_api_key")
