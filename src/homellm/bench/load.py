@@ -12,9 +12,9 @@ import asyncio
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from homellm.bench.workload import (
 )
 from homellm.errors import ConfigError
 
+T = TypeVar("T")
 #: a first request failing for one of these means the run cannot work: stop before it starts
 _FATAL_AT_START = ("connect", "http_401", "http_4xx", "malformed")
 
@@ -238,6 +239,9 @@ async def run_load(options: BenchOptions, *, stop: asyncio.Event | None = None,
              else f"per-process clock, offsets measured: {run.offsets}")
     overhead = measure_overhead(records, lags, sum(res.cpu_s for res in results), busy,
                                 len(plans), sum(res.cap_waits for res in results), clock)
+    if run.dead:
+        overhead.reasons.append(f"worker process(es) {run.dead} died: their records are lost")
+        overhead.valid = False
     return LoadRun(options, records, run.started_at or ended, ended, overhead, facts, model,
                    workload.notes, workload.digest(),
                    sum(r.warmup_done for r in results), sum(r.warmup_failed for r in results),
@@ -271,13 +275,20 @@ def run_bench(options: BenchOptions,
               on_progress: Callable[[Progress], None] | None = None) -> LoadRun:
     """Sync entry point: Ctrl-C or SIGTERM stops sending, cancels what is in flight and returns
     the partial run (``interrupted=True``) so the caller can still write it."""
-    async def main() -> LoadRun:
+    return run_until_signal(lambda stop: run_load(options, stop=stop, on_progress=on_progress))
+
+
+def run_until_signal(job: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``job(stop)`` on a fresh event loop (uvloop when present) with SIGINT/SIGTERM
+    setting ``stop`` instead of raising, so the job decides what to keep."""
+
+    async def main() -> T:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            return await run_load(options, stop=stop, on_progress=on_progress)
+            return await job(stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -31,6 +31,7 @@ class Runner:
         self.stop, self.stats = stop, stats
         self.started_at: float | None = None
         self.offsets: list[float] = [0.0] * len(plans)
+        self.dead: list[int] = []  # workers whose process ended without handing back records
 
     def _deadline(self, start_at: float) -> float | None:
         return None if self.duration_s is None else start_at + self.duration_s
@@ -102,8 +103,14 @@ class Runner:
                         self.stats[i].output_tokens = msg[1]
                 elif msg[0] == "done":
                     results[i] = _shift(msg[1], self.offsets[i])
-                elif msg[0] == "dead":
+                elif msg[0] == "dead" and i not in results:
+                    self.dead.append(self.plans[i].worker)
                     results[i] = WorkerResult(self.plans[i].worker)
+                    if self.started_at is None and not stopped:  # the others wait for it
+                        stopped = True
+                        for j, conn in enumerate(conns):
+                            if j not in results:
+                                conn.send(("stop",))
                 elif msg[0] == "ready":
                     ready.add(i)
                     if len(ready) == len(conns) and not stopped:
