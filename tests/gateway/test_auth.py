@@ -37,6 +37,9 @@ def test_keys_guard_the_openai_routes(harness: Harness, tmp_path: Path) -> None:
                                                      max_tokens=2, stream=True))
     with pytest.raises(openai.PermissionDeniedError):
         client(limited).chat.completions.create(model=MODEL, messages=MESSAGES)
+    raw = httpx.post(f"{base}/chat/completions", json={"model": MODEL, "messages": MESSAGES},
+                     headers={"Authorization": f"Bearer {limited}"})
+    assert raw.status_code == 403 and raw.json()["error"]["code"] == "model_not_allowed"
     assert client(limited).chat.completions.create(model="other", messages=MESSAGES).choices
     assert [m.id for m in client(limited).models.list()] == ["other"]
     with pytest.raises(openai.AuthenticationError):
