@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from homellm import __version__
+from homellm.bench.cli_bench import bench_command, compare_command
 from homellm.errors import ConfigError, HomellmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -291,6 +292,13 @@ def restart(model: ModelArg, replica: ReplicaArg, config: StackOption = Path("ho
             run_dir: RunDirOption = None) -> None:
     """Restart a replica's engine process through the supervisor."""
     _replica_action("restart", config, run_dir, model, replica)
+
+
+bench_app = typer.Typer(help="Load-test any OpenAI-compatible endpoint (vLLM's metric "
+                        "definitions); `bench compare A.json B.json` compares two results.")
+bench_app.callback(invoke_without_command=True)(bench_command)
+bench_app.command("compare")(compare_command)
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()

@@ -12,22 +12,17 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from homellm.bench.client import Timeouts
-from homellm.bench.load import BenchOptions, LoadRun, calibrate, run_load, run_until_signal
-from homellm.bench.metrics import parse_percentiles, parse_slos
-from homellm.bench.progress import live_progress
-from homellm.bench.render import render_summary
-from homellm.bench.report import write_report
-from homellm.bench.result import result_json
-from homellm.bench.sweep import SweepResult, result_of, run_sweep
-from homellm.bench.workload import WorkloadSpec
 from homellm.errors import ConfigError, HomellmError
-from homellm.fsutil import atomic_write_text
+
+if TYPE_CHECKING:  # the measuring modules load only when a bench runs: `homellm --help` stays fast
+    from homellm.bench.load import BenchOptions, LoadRun
+    from homellm.bench.sweep import SweepResult
+    from homellm.bench.workload import WorkloadSpec
 
 Opt = typer.Option
 
@@ -45,6 +40,8 @@ def _loads(text: str | None) -> list[float] | None:
 
 
 def _workload(prompts_file: Path | None, corpus: Path | None, **kw: Any) -> WorkloadSpec:
+    from homellm.bench.workload import WorkloadSpec
+
     if prompts_file and corpus:
         raise ConfigError("give --prompts-file or --corpus, not both")
     if prompts_file:
@@ -67,7 +64,9 @@ def _extra_body(text: str | None) -> dict[str, Any]:
 
 
 def bench_command(
-    url: Annotated[str, Opt(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080")],
+    ctx: typer.Context,
+    url: Annotated[str | None, Opt(help="OpenAI-compatible base URL, e.g. "
+                                        "http://127.0.0.1:8080 (required to run)")] = None,
     model: Annotated[str | None, Opt(help="model name (default: the first /v1/models lists)")]
     = None,
     endpoint: Annotated[str, Opt(help="chat or completions")] = "chat",
@@ -124,9 +123,21 @@ def bench_command(
     progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
     json_output: Annotated[bool, Opt("--json", help="print the result JSON")] = False,
 ) -> None:
-    """Load-test an OpenAI-compatible endpoint with vLLM's metric definitions."""
+    """Load-test an OpenAI-compatible endpoint with vLLM's metric definitions.
+
+    `homellm bench compare A.json B.json` compares two results.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from homellm.bench.client import Timeouts
+    from homellm.bench.load import BenchOptions
+    from homellm.bench.metrics import parse_percentiles, parse_slos
+
     console = Console(stderr=json_output)
     try:
+        if not url:
+            raise ConfigError("--url is required: the OpenAI-compatible base URL to load-test, "
+                              "e.g. http://127.0.0.1:8080")
         if endpoint not in ("chat", "completions"):
             raise ConfigError(f"--endpoint {endpoint!r}: chat or completions")
         if sweep not in (None, "concurrency", "rate"):
@@ -160,6 +171,10 @@ def bench_command(
 def _single(options: BenchOptions, pcts: list[float], slos: dict[str, float] | None,
             do_calibrate: bool, folder: Path, label: str | None, progress: bool,
             json_output: bool, console: Console, strict: bool) -> int:
+    from homellm.bench.load import calibrate, run_load, run_until_signal
+    from homellm.bench.progress import live_progress
+    from homellm.bench.sweep import result_of
+
     async def job(stop: Any) -> LoadRun:
         if progress:
             with live_progress(console, label or "bench") as hook:
@@ -183,6 +198,10 @@ def _single(options: BenchOptions, pcts: list[float], slos: dict[str, float] | N
 def _sweep(options: BenchOptions, kind: str, loads: list[float] | None, pcts: list[float],
            slos: dict[str, float] | None, do_calibrate: bool, folder: Path, label: str | None,
            progress: bool, json_output: bool, console: Console) -> int:
+    from homellm.bench.load import calibrate, run_until_signal
+    from homellm.bench.sweep import result_of, run_sweep
+    from homellm.fsutil import atomic_write_text
+
     def on_point(load: float, result: dict[str, Any]) -> None:
         mark = "" if result["valid"] else " [red]INVALID (client-limited)[/]"
         console.print(f"{kind} {load:g}: {result.get('output_throughput') or 0:,.1f} tok/s, "
@@ -219,11 +238,16 @@ def write_bench_outputs(result: dict[str, Any], run: LoadRun, folder: Path, *,
                         sweep: list[dict[str, Any]] | None = None) -> dict[str, Path]:
     """The one place the files are written: ``report.write_report`` (JSON, JSONL, CSV, PNG,
     HTML), with the records on their run-relative clock."""
+    from homellm.bench.report import write_report
+
     return write_report(result, folder, stem=stem, records=run.records,
                         started_at=run.started_at, sweep=sweep)
 
 
 def _show(result: dict[str, Any], folder: Path, json_output: bool, console: Console) -> None:
+    from homellm.bench.render import render_summary
+    from homellm.bench.result import result_json
+
     if json_output:
         print(result_json(result), end="")
     else:
@@ -233,3 +257,26 @@ def _show(result: dict[str, Any], folder: Path, json_output: bool, console: Cons
         console.print("[bold red]INVALID: the client, not the server, limited this run:[/] "
                       + "; ".join(result["invalid_reasons"]), highlight=False)
 
+
+
+def compare_command(
+    a: Annotated[Path, typer.Argument(help="a result JSON (the baseline)")],
+    b: Annotated[Path, typer.Argument(help="a result JSON (the change)")],
+    json_output: Annotated[bool, Opt("--json", help="print the comparison as JSON")] = False,
+) -> None:
+    """Two results side by side: each metric's change, and a Mann-Whitney U test on the
+    per-request TTFT, TPOT, ITL and E2EL."""
+    from homellm.bench.compare import compare_results
+    from homellm.bench.render import render_compare
+    from homellm.bench.result import load_result
+
+    console = Console(stderr=json_output)
+    try:
+        table = compare_results(load_result(a), load_result(b), a_name=a.stem, b_name=b.stem)
+    except HomellmError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    if json_output:
+        print(json.dumps(table.to_json(), indent=1))
+    else:
+        render_compare(table, console)
