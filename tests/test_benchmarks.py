@@ -21,3 +21,15 @@ def test_gateway_overhead_quick(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert "homellm" in json.dumps(results)
     assert (tmp_path / "overhead.png").stat().st_size > 0
+
+
+def test_bench_client_quick(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_client.py"),
+                           "--quick", "--no-guidellm", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["concurrency"] for r in results["rows"]] == [16, 64]
+    assert all(r["tool"] == "homellm" and r["messages_per_s"] > 0 for r in results["rows"])
+    assert results["skipped"] == {"guidellm": "--no-guidellm"}
+    assert (tmp_path / "bench_client.png").stat().st_size > 0
