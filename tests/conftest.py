@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +49,29 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from homellm.demo import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("models") / "demo")
+
+
+@contextlib.contextmanager
+def fake_backend_process(*args: str) -> Iterator[str]:
+    """A FAKE streaming backend (homellm.gateway.fakebackend) in its own process; yields its
+    base URL once /health answers, terminates it afterwards."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "homellm.gateway.fakebackend", "--port",
+                             str(port), *args])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "fake backend never up"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -19,7 +19,7 @@ from homellm.errors import ConfigError
 from homellm.gateway.app import Gateway
 from homellm.reload import reload_stack
 from homellm.up import backends_of
-from tests.conftest import free_port
+from tests.conftest import fake_backend_process, free_port
 
 HOMELLM = [sys.executable, "-m", "homellm.cli"]
 
@@ -61,24 +61,8 @@ def test_reload_applies_limits_and_refuses_what_needs_a_restart(tmp_path: Path) 
 
 @pytest.fixture
 def fake_backend() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "homellm.gateway.fakebackend", "--port",
-                             str(port), "--tokens", "4"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "fake backend never up"
-            time.sleep(0.1)
+    with fake_backend_process("--tokens", "4") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_up_reloads_on_homellm_reload_and_sighup(tmp_path: Path, fake_backend: str) -> None:

@@ -13,34 +13,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import fake_backend_process
 
 HOMELLM = [sys.executable, "-m", "homellm.cli"]
 
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "homellm.gateway.fakebackend", "--port",
-                             str(port), "--tokens", "32", "--delay-ms", "20"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "fake backend never up"
-            time.sleep(0.1)
+    with fake_backend_process("--tokens", "32", "--delay-ms", "20") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def bench(url: str, out: Path, *extra: str) -> list[str]:
