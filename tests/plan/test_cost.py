@@ -1,0 +1,122 @@
+"""Training cost: own hardware vs cloud per GPU-hour, break-even, and every figure's working."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from homellm.plan.cost import break_even, cloud_cost, job_cost, own_cost
+
+
+@dataclass(frozen=True)
+class Quote:
+    provider: str
+    usd_per_gpu_hour: float
+    date: str
+    source: str
+    tier: str = "on-demand"
+
+
+LAMBDA_A100 = Quote("Lambda", 2.79, "2026-09", "tgarg01/silybench-data: per GPU per hour")
+
+
+def test_cloud_price_is_per_gpu_hour() -> None:
+    # "Lambda 8×A100 ≈ $2.50/h" is a per-GPU price: an 8-GPU job pays it eight times per hour.
+    c = cloud_cost(LAMBDA_A100, gpu_key="a100-80g-sxm", n_gpus=8, hours=10.0)
+    assert c.cost.value == pytest.approx(2.79 * 8 * 10)
+    assert c.cost.value / 10 == pytest.approx(22.32)    # the node's hourly price
+    assert c.cost.check() and c.price.check()
+    assert "2026-09" in c.price.source
+
+
+def test_own_cost_electricity_and_amortisation() -> None:
+    figs = {f.key: f for f in own_cost(n_gpus=2, hours=100.0, power_w=600.0,
+                                       electricity_usd_kwh=0.30, purchase_usd=8000.0,
+                                       power_fraction=0.9, host_w=150.0, life_hours=10_000.0)}
+    assert figs["cost.own.energy"].value == pytest.approx((2 * 600 * 0.9 + 150) * 100 / 1000)
+    assert figs["cost.own.electricity"].value == pytest.approx(123.0 * 0.30)
+    assert figs["cost.own.amortisation"].value == pytest.approx(2 * 8000 * 100 / 10_000)
+    assert figs["cost.own.total"].value == pytest.approx(36.9 + 160.0)
+    assert all(f.check() for f in figs.values())
+
+
+def test_own_cost_without_purchase_price_is_electricity_only() -> None:
+    figs = {f.key: f for f in own_cost(n_gpus=1, hours=10.0, power_w=450.0,
+                                       electricity_usd_kwh=0.2, purchase_usd=None)}
+    assert "cost.own.amortisation" not in figs
+    assert figs["cost.own.total"].value == figs["cost.own.electricity"].value
+
+
+def test_break_even_hours() -> None:
+    figs = {f.key: f for f in break_even(purchase_usd=8565, rent_usd_per_gpu_hour=1.57,
+                                         power_w=600, electricity_usd_kwh=0.17,
+                                         job_gpu_hours=100, power_fraction=0.9)}
+    hourly = 600 * 0.9 / 1000 * 0.17
+    assert figs["cost.break_even.gpu_hours"].value == pytest.approx(8565 / (1.57 - hourly))
+    assert figs["cost.break_even.job_share"].value == pytest.approx(
+        100 / figs["cost.break_even.gpu_hours"].value)
+    assert all(f.check() for f in figs.values())
+    never = break_even(purchase_usd=1000, rent_usd_per_gpu_hour=0.01, power_w=600,
+                       electricity_usd_kwh=0.5, job_gpu_hours=1)
+    assert math.isinf(never[-1].value)
+
+
+def test_job_cost_picks_the_cheaper_and_sorts_quotes() -> None:
+    prices = {"rtx-pro-6000": [Quote("RunPod", 1.57, "2026-03", "deploybase"),
+                               Quote("RunPod", 0.89, "2026-03", "deploybase", tier="spot")],
+              "h100-sxm": [Quote("Lambda", 3.99, "2026-09", "silybench")]}
+    plan = job_cost(gpu_key="rtx-pro-6000", n_gpus=1, hours=300.0, power_w=600.0,
+                    cloud_hours={"rtx-pro-6000": 300.0, "h100-sxm": 150.0}, prices=prices,
+                    electricity_usd_kwh=0.17, purchase_usd=8565.0, life_hours=13_140.0)
+    costs = [c.cost.value for c in plan.cloud]
+    assert costs == sorted(costs)
+    assert plan.cloud[0].provider == "RunPod (spot)"
+    assert len({f.key for f in plan.figures()}) == len(plan.figures())   # keys stay unique
+    own = next(f for f in plan.own if f.key == "cost.own.total").value
+    assert plan.cheapest == ("own" if own <= costs[0] else "RunPod (spot) rtx-pro-6000")
+    assert plan.break_even and all(f.check() for f in plan.figures())
+    # a costly tariff and a cheap life flip the verdict to renting
+    dear = job_cost(gpu_key="rtx-pro-6000", n_gpus=1, hours=300.0, power_w=600.0,
+                    cloud_hours={"rtx-pro-6000": 300.0}, prices=prices,
+                    electricity_usd_kwh=0.17, purchase_usd=8565.0, life_hours=1000.0)
+    assert dear.cheapest == "RunPod (spot) rtx-pro-6000"
+    assert "electricity alone" in dear.verdict
+
+
+def test_job_cost_defaults_come_from_the_price_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass(frozen=True)
+    class Purchase:
+        usd: float
+        date: str
+        source: str
+
+    table = types.ModuleType("homellm.plan.prices")
+    table.ELECTRICITY_USD_PER_KWH = 0.25       # type: ignore[attr-defined]
+    table.ELECTRICITY_SOURCE = "test tariff"   # type: ignore[attr-defined]
+    table.GPU_LOAD_POWER_FRACTION = 0.8        # type: ignore[attr-defined]
+    table.HOST_OVERHEAD_W = 100.0              # type: ignore[attr-defined]
+    table.AMORTIZATION_YEARS = 2.0             # type: ignore[attr-defined]
+    table.purchase_price = lambda key: Purchase(5000.0, "2026-01", "test shop")  # type: ignore[attr-defined]
+    table.cloud_prices = lambda key: [Quote("Test", 2.0, "2026-01", "test")]  # type: ignore[attr-defined]
+    import homellm.plan as plan_pkg
+    monkeypatch.setitem(sys.modules, "homellm.plan.prices", table)
+    monkeypatch.setattr(plan_pkg, "prices", table, raising=False)
+    plan = job_cost(gpu_key="x", n_gpus=1, hours=10.0, power_w=500.0, cloud_hours={"x": 10.0})
+    figs = {f.key: f for f in plan.own}
+    assert figs["cost.own.electricity_price"].value == 0.25
+    assert figs["cost.own.electricity_price"].source == "test tariff"
+    assert figs["cost.own.energy"].value == pytest.approx((500 * 0.8 + 100) * 10 / 1000)
+    assert figs["cost.own.amortisation"].value == pytest.approx(5000 * 10 / (2 * 8760 * 0.5))
+    assert plan.cloud[0].cost.value == pytest.approx(20.0)
+
+
+def test_job_cost_without_prices_or_power_says_so() -> None:
+    plan = job_cost(gpu_key="mystery", n_gpus=1, hours=1.0, power_w=None,
+                    cloud_hours={"mystery": 1.0}, prices={}, purchase_usd=None)
+    assert plan.own == [] and plan.cloud == [] and plan.cheapest == ""
+    assert any("power" in n for n in plan.notes)
+    assert any("cloud prices" in n for n in plan.notes)
