@@ -47,6 +47,7 @@ class CloudCost:
     hours: Figure          # wall-clock hours of the job on this GPU type
     cost: Figure           # USD for the job
     price: Figure          # USD per GPU-hour, as quoted
+    tier: str = "on-demand"  # "on-demand", "spot", "community", "marketplace"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def cloud_cost(price: PriceLike, *, gpu_key: str, n_gpus: int, hours: float,
     cost = fig(f"cost.cloud.{slug}.cost", f"{who}, {n_gpus}× {gpu_key}", "USD",
                "r * n * t", r=quote.value, n=n_gpus, t=hours,
                note="per-GPU-hour price × GPUs × hours")
-    return CloudCost(who, gpu_key, str(price.date), price.source, h, cost, quote)
+    return CloudCost(who, gpu_key, str(price.date), price.source, h, cost, quote, tier)
 
 
 def break_even(*, purchase_usd: float, rent_usd_per_gpu_hour: float, power_w: float,
@@ -219,6 +220,7 @@ def job_cost(*, gpu_key: str, n_gpus: int, hours: float, power_w: float | None,
     if not cloud:
         notes.append("no cloud prices to compare with")
     same = [c for c in cloud if c.gpu_key == gpu_key]
+    same = [c for c in same if c.tier == "on-demand"] or same   # spot can be taken away
     be: list[Figure] = []
     if same and purchase_usd is not None and power_w is not None:
         be = break_even(purchase_usd=purchase_usd, rent_usd_per_gpu_hour=same[0].price.value,
