@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from homellm.errors import ConfigError
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec, ParamCounts
 from homellm.plan.train import plan_train, train_flops_per_token
@@ -230,10 +231,24 @@ def test_cloud_gpus_are_timed_at_their_own_peak() -> None:
 
 def test_bad_arguments() -> None:
     model = SIZES["125M"][0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         plan_train(model, [], tokens=1e9, context=1024)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         plan_train(model, [PRO6000], tokens=1e9, context=1024, mfu=40)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="strategy"):
+        plan_train(model, [PRO6000, PRO6000], tokens=1e9, context=1024, strategy="zero3")
+    with pytest.raises(ConfigError):
         memory_plan(model, 95.6, strategy="zero3", n_gpus=1, seq=1, micro_batch=1,
                     checkpointing=False)
+
+
+def test_sliding_window_layers_attend_at_most_the_window() -> None:
+    import dataclasses
+
+    base = SIZES["125M"][0]
+    if "sliding_window_layers" not in {f.name for f in dataclasses.fields(base)}:
+        pytest.skip("ModelSpec has no sliding_window_layers yet")
+    sw = dataclasses.replace(base, sliding_window=512, sliding_window_layers=6)
+    _, _, per, share = train_flops_per_token(sw, 4096)
+    assert per.value == 6 * base.params.total + 12 * 12 * 64 * (6 * 4096 + 6 * 512)
+    assert per.check() and share.check()

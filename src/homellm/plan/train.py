@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from homellm.errors import ConfigError
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec
 from homellm.plan.cost import CostPlan, PriceSource, job_cost
 from homellm.plan.figures import Figure, fig
 from homellm.plan.train_memory import (
+    DEFAULT_HEADROOM,
     DEFAULT_OVERHEAD_GIB,
     MemoryPlan,
     choose_layout,
@@ -132,13 +134,20 @@ def train_flops_per_token(model: ModelSpec, context: int, doc_len: int | None = 
     t = fig("train.attn_len", "attended length (T)", "tok", "min(T, D)", T=context,
             D=doc_len if doc_len else context,
             note="document masking: a token attends only its own document")
-    per = fig("train.flops_per_token", "training FLOPs per token", "FLOP",
-              "6 * N + 12 * L * H * Q * T", N=n.value, L=model.num_layers, H=model.num_heads,
-              Q=model.head_dim, T=t.value,
-              source="PaLM (Chowdhery et al. 2022) appendix B; nanoGPT estimate_mfu")
-    share = fig("train.attention_share", "attention's share of the FLOPs", "",
-                "12 * L * H * Q * T / F", L=model.num_layers, H=model.num_heads,
-                Q=model.head_dim, T=t.value, F=per.value)
+    src = "PaLM (Chowdhery et al. 2022) appendix B; nanoGPT estimate_mfu"
+    sw_layers = int(getattr(model, "sliding_window_layers", 0) or 0)
+    if sw_layers and model.sliding_window:
+        # sliding-window layers attend at most `window` positions
+        att = {"H": model.num_heads, "Q": model.head_dim, "Lf": model.num_layers - sw_layers,
+               "T": t.value, "Ls": sw_layers, "W": min(t.value, model.sliding_window)}
+        term = "12 * H * Q * (Lf * T + Ls * W)"
+    else:
+        att = {"L": model.num_layers, "H": model.num_heads, "Q": model.head_dim, "T": t.value}
+        term = "12 * L * H * Q * T"
+    per = fig("train.flops_per_token", "training FLOPs per token", "FLOP", f"6 * N + {term}",
+              N=n.value, source=src, **att)
+    share = fig("train.attention_share", "attention's share of the FLOPs", "", f"{term} / F",
+                F=per.value, **att)
     return [n, t, per, share]
 
 
@@ -181,6 +190,7 @@ def plan_train(model: ModelSpec, gpus: Sequence[GPUSpec], *, tokens: float, cont
                mfu: float | None = None, strategy: str = "auto", precision: str = "amp",
                checkpointing: bool | None = None, chunked_ce: bool = False,
                matmul_tflops: float | None = None, overhead_gib: float = DEFAULT_OVERHEAD_GIB,
+               headroom: float = DEFAULT_HEADROOM,
                cloud_gpus: Sequence[GPUSpec] | None = None, prices: PriceSource | None = None,
                electricity_usd_kwh: float | None = None, purchase_usd: float | None = None,
                power_w: float | None = None, power_fraction: float | None = None,
@@ -191,13 +201,15 @@ def plan_train(model: ModelSpec, gpus: Sequence[GPUSpec], *, tokens: float, cont
     and ``micro_batch`` are chosen when None. ``prices``: gpu_key → quotes (default
     homellm.plan.prices). ``cloud_gpus``: GPU types to price renting (default: the user's)."""
     if not gpus:
-        raise ValueError("give at least one GPU")
+        raise ConfigError("give at least one GPU")
     if tokens <= 0 or context < 1:
-        raise ValueError("tokens and context must be positive")
+        raise ConfigError("--tokens and --context must be positive")
     if mfu is not None and not 0 < mfu <= 1:
-        raise ValueError(f"mfu is a fraction in (0, 1], not {mfu}")
+        raise ConfigError(f"--mfu is a fraction in (0, 1] (0.4 for 40%), not {mfu}")
     if doc_len is not None and doc_len < 1:
-        raise ValueError("doc_len must be positive")
+        raise ConfigError("--doc-len must be positive")
+    if strategy not in ("auto", "ddp", "fsdp2"):
+        raise ConfigError(f"--strategy must be auto, ddp or fsdp2, not {strategy!r}")
     n = len(gpus)
     slow = min(gpus, key=lambda g: g.bf16_tflops)
     mem_gib = min(g.memory_gib for g in gpus)
@@ -210,9 +222,10 @@ def plan_train(model: ModelSpec, gpus: Sequence[GPUSpec], *, tokens: float, cont
     s, ac, mb, why = choose_layout(model, mem_gib, n_gpus=n, seq=context, strategy=strategy,
                                    precision=precision, chunked_ce=chunked_ce,
                                    overhead_gib=overhead_gib, micro_batch=micro_batch,
-                                   checkpointing=checkpointing)
+                                   checkpointing=checkpointing, headroom=headroom)
     kw: dict[str, Any] = {"n_gpus": n, "seq": context, "micro_batch": mb, "precision": precision,
-                          "chunked_ce": chunked_ce, "overhead_gib": overhead_gib}
+                          "chunked_ce": chunked_ce, "overhead_gib": overhead_gib,
+                          "headroom": headroom}
     chosen = memory_plan(model, mem_gib, strategy=s, checkpointing=ac, **kw)
     strategies = ["single"] if n == 1 else ["ddp", "fsdp2"]
     layouts = [memory_plan(model, mem_gib, strategy=x, checkpointing=c, **kw)

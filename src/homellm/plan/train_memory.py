@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from homellm.errors import ConfigError
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure, fig
 
@@ -36,6 +37,9 @@ _ACT_SRC = ("own count for a Llama/Qwen3 block with flash attention, cf. Korthik
             "2022 eq. 1: 34·s·b·h + 5·a·s²·b (flash attention removes the s² term)")
 DEFAULT_OVERHEAD_GIB = 1.5
 DEFAULT_CE_CHUNK = 4096
+# Part of the GPU a plan fills: the rest is headroom for the caching allocator's fragmentation
+# and transient buffers (assumption; `homellm train calibrate` measures the real peak).
+DEFAULT_HEADROOM = 0.92
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,13 @@ def _states(model: ModelSpec, strategy: str, n: int, precision: str,
 
 def memory_plan(model: ModelSpec, memory_gib: float, *, strategy: str, n_gpus: int, seq: int,
                 micro_batch: int, checkpointing: bool, precision: str = "amp",
-                chunked_ce: bool = False, overhead_gib: float = DEFAULT_OVERHEAD_GIB) -> MemoryPlan:
+                chunked_ce: bool = False, overhead_gib: float = DEFAULT_OVERHEAD_GIB,
+                headroom: float = DEFAULT_HEADROOM) -> MemoryPlan:
     """Memory per GPU of one layout; ``memory_gib`` is what one GPU offers."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     prefix = f"train.mem.{strategy}{'.ac' if checkpointing else ''}"
     fixed = _states(model, strategy, n_gpus, precision, prefix)
     fixed.append(fig(f"{prefix}.overhead", "CUDA context, workspaces, NCCL", "GiB",
@@ -155,7 +160,8 @@ def memory_plan(model: ModelSpec, memory_gib: float, *, strategy: str, n_gpus: i
     parts = [*fixed, act, lg]
     names = {p.key.rsplit(".", 1)[1]: p.value for p in parts}
     total = fig(f"{prefix}.total", "total per GPU", "GiB", " + ".join(names), **names)
-    capacity = fig(f"{prefix}.capacity", "GPU memory", "GiB", value=memory_gib)
+    capacity = fig(f"{prefix}.capacity", "usable GPU memory", "GiB", "M * u", M=memory_gib,
+                   u=headroom, note="the rest is headroom for allocator fragmentation")
     # largest micro-batch: fixed part plus a per-sequence part (activations and logits at b=1)
     one_act = activations(model, seq, 1, checkpointing, prefix).value
     one_lg = logits(model, seq, 1, chunked_ce, prefix).value
@@ -164,19 +170,19 @@ def memory_plan(model: ModelSpec, memory_gib: float, *, strategy: str, n_gpus: i
         fixed_sum += one_lg if seq >= DEFAULT_CE_CHUNK else 0.0
         one_lg = 0.0 if seq >= DEFAULT_CE_CHUNK else one_lg
     best = fig(f"{prefix}.max_micro_batch", "largest micro-batch that fits", "seq",
-               "max(0, floor((M - F) / S))", M=memory_gib, F=fixed_sum, S=one_act + one_lg,
+               "max(0, floor((M - F) / S))", M=capacity.value, F=fixed_sum, S=one_act + one_lg,
                note=f"at {seq} tokens per sequence")
     notes = []
-    if not chunked_ce and lg.value > 0.25 * memory_gib:
+    if not chunked_ce and lg.value > 0.25 * capacity.value:
         notes.append("logits take over a quarter of the GPU: use a chunked cross-entropy")
     return MemoryPlan(strategy, checkpointing, micro_batch, parts, total, capacity,
-                      total.value <= memory_gib, best, notes)
+                      total.value <= capacity.value, best, notes)
 
 
 def choose_layout(model: ModelSpec, memory_gib: float, *, n_gpus: int, seq: int,
                   strategy: str = "auto", precision: str = "amp", chunked_ce: bool = False,
                   overhead_gib: float = DEFAULT_OVERHEAD_GIB, micro_batch: int | None = None,
-                  checkpointing: bool | None = None,
+                  checkpointing: bool | None = None, headroom: float = DEFAULT_HEADROOM,
                   max_auto_batch: int = 32) -> tuple[str, bool, int, str]:
     """(strategy, checkpointing, micro_batch, why) for ``strategy="auto"`` or a given one.
 
@@ -197,7 +203,8 @@ def choose_layout(model: ModelSpec, memory_gib: float, *, n_gpus: int, seq: int,
         for s in cands:
             m = memory_plan(model, memory_gib, strategy=s, n_gpus=n_gpus, seq=seq,
                             micro_batch=1, checkpointing=ac, precision=precision,
-                            chunked_ce=chunked_ce, overhead_gib=overhead_gib)
+                            chunked_ce=chunked_ce, overhead_gib=overhead_gib,
+                            headroom=headroom)
             best = int(m.max_micro_batch.value)
             if best >= need:
                 why = (f"{s} fits {best} sequences of {seq} tokens"
