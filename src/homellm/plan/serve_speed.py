@@ -15,7 +15,8 @@ MoE cost (routing, small expert GEMMs) that does not grow with the batch, sized 
 lands on ``moe_b1_eff``: ``t_fixed = bytes_B1/(bw·moe_b1_eff) − bytes_B1/(bw·decode_bw_eff)``.
 
 Prefill of ``P`` tokens: ``FLOPs = P · (2·N_active + 4·L·(nq·d)·P/2)`` at ``peak · prefill_mfu``
-(or the weight read, whichever is longer). TTFT = prefill + one decode step.
+(or the weight read, whichever is longer). TTFT = that prefill: its forward samples the
+first token.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
 def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1, pp: int = 1,
                     dtype: str = "bfloat16", efficiency: dict[str, float] | None = None,
                     key: str = "serve.prefill") -> dict[str, Figure]:
-    """Prefill of one ``prompt``-token request and its TTFT (prefill + one decode step)."""
+    """Prefill of one ``prompt``-token request and its TTFT."""
     eff = {**SPEED_DEFAULTS, **(efficiency or {})}
     b = dtype_bytes(dtype)
     f: dict[str, Figure] = {}
@@ -207,10 +208,9 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
                     t_comm=f["t_comm"].value, pp=pp, hop_us=eff["pp_hop_us"])
     f["tok_s"] = fig(f"{key}.tokens_per_s", "prefill tokens/s", "tok/s",
                      "prompt / (time * 1e-3)", prompt=prompt, time=f["time"].value)
-    step = decode_speed(model, gpu, batch=1, context=prompt, tp=tp, pp=pp, dtype=dtype,
-                        efficiency=efficiency, key=f"{key}.first_step")
     f["ttft"] = fig(f"{key}.ttft", f"time to first token ({prompt:,}-token prompt)", "ms",
-                    "prefill + step", prefill=f["time"].value, step=step.tpot_ms)
+                    "prefill", source="the prefill forward samples the first token",
+                    note="engine and HTTP overheads not included", prefill=f["time"].value)
     return f
 
 
