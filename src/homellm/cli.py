@@ -13,6 +13,7 @@ from rich.console import Console
 from homellm import __version__
 from homellm.bench.cli_bench import bench_command, compare_command
 from homellm.errors import ConfigError, HomellmError
+from homellm.plan.cli_plan import plan_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run, protect, measure and train your own LLMs on your own GPUs.")
@@ -299,6 +300,7 @@ bench_app = typer.Typer(help="Load-test any OpenAI-compatible endpoint (vLLM's m
 bench_app.callback(invoke_without_command=True)(bench_command)
 bench_app.command("compare")(compare_command)
 app.add_typer(bench_app, name="bench")
+app.add_typer(plan_app, name="plan")
 
 
 @app.command()

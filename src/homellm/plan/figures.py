@@ -66,6 +66,8 @@ def fig(key: str, label: str, unit: str, formula: str = "", source: str = "", no
 def _fmt(value: Number) -> str:
     if isinstance(value, bool):
         return str(value)
+    if abs(value) >= 1e13:
+        return f"{value:.3e}"
     if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e15):
         return f"{int(value):,}"
     if abs(value) >= 100:

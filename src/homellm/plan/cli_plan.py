@@ -1,0 +1,283 @@
+"""``homellm plan``: the typer sub-app (serve, train, gpus, models, calibrate). Parsing and
+rendering only; every figure comes from ``plan/``'s modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from homellm.errors import HomellmError
+
+plan_app = typer.Typer(help="What fits on which GPUs, which layout, how fast, how long and how "
+                            "costly; every figure can show its working (--explain).",
+                       no_args_is_help=True)
+Opt = typer.Option
+GpusOpt = Annotated[str | None, Opt(help="e.g. 2xrtx-pro-6000, h100, rtx-pro-6000,rtx-4090 "
+                                         "(default: the GPUs NVML sees)")]
+GpuSpecOpt = Annotated[str | None, Opt(help="a GPU not in the catalog: mem=GiB,bw=GB/s,"
+                                            "bf16=TFLOPS[,fp8=…,tdp=W] (--gpus N for N of them)")]
+ExplainOpt = Annotated[bool, Opt("--explain", help="every figure with its formula and inputs")]
+JsonOpt = Annotated[bool, Opt("--json", help="the plan as JSON")]
+
+
+def _fail(console: Console, exc: HomellmError) -> typer.Exit:
+    console.print(f"[red]error:[/] {exc}", highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+def _efficiency(gpus: list[Any], engine: str, kind: str) -> tuple[dict[str, float], list[str]]:
+    """Calibrated factors stored for this GPU and engine, with a line citing each."""
+    from homellm.plan.calibration import load_calibration
+
+    return load_calibration().factors_for(gpus[0].key, engine, kind)
+
+
+@plan_app.command("serve")
+def serve(
+    model: Annotated[str, typer.Argument(help="catalog name (qwen3-30b-a3b), HF id, or a model "
+                                              "folder / config.json")],
+    gpus: GpusOpt = None,
+    gpu_spec: GpuSpecOpt = None,
+    context: Annotated[int | None, Opt(help="longest request, tokens (default: the model's)")]
+    = None,
+    concurrency: Annotated[int, Opt(help="requests in flight")] = 1,
+    dtype: Annotated[str, Opt(help="bfloat16, float16, fp8")] = "bfloat16",
+    prompt: Annotated[int, Opt(help="prompt tokens for prefill and TTFT")] = 2048,
+    gpu_memory_utilization: Annotated[float, Opt(help="vLLM's budget fraction")] = 0.9,
+    write: Annotated[Path | None, Opt(help="write a stack file for the recommended layout")]
+    = None,
+    explain: ExplainOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Memory, layouts (replicas, TP, PP), speed and vLLM flags for serving MODEL."""
+    from homellm.plan.inputs import resolve_gpus, resolve_plan_model
+    from homellm.plan.render import render_notes, render_sections
+    from homellm.plan.serve import plan_serve
+    from homellm.plan.stackfile import write_stack
+
+    console = Console(stderr=json_output)
+    try:
+        spec = resolve_plan_model(model)
+        devices = resolve_gpus(gpus, gpu_spec)
+        factors, cited = _efficiency(devices, "vllm", "serve")
+        plan = plan_serve(spec, devices, context=context, concurrency=concurrency, dtype=dtype,
+                          gpu_memory_utilization=gpu_memory_utilization, efficiency=factors,
+                          prompt=prompt)
+        if write is not None and plan.fits:
+            write_stack(write, plan, source=model)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps({**plan.to_json(), "calibration": cited}, indent=1))
+        return
+    table = Table(title=f"{spec.name} on {', '.join(g.key for g in devices)}: layouts",
+                  title_justify="left")
+    for column in ("layout", "fits", "KV tokens", "max ctx", f"reqs @{plan_ctx(plan)}",
+                   "tok/s ×1", f"tok/s ×{concurrency}", "TTFT ms"):
+        table.add_column(column, justify="right" if column != "layout" else "left")
+    short = {"replicas": f"{len(devices)} replicas", "tp": "TP=2", "pp": "PP=2"}
+    for key, layout in plan.layouts.items():
+        mark = " [green]★[/]" if key == plan.recommended else ""
+        m = layout.memory
+        table.add_row(short.get(key, layout.label) + mark, "yes" if layout.fits else "[red]no[/]",
+                      f"{layout.kv_tokens_total:,}" if layout.fits else "—",
+                      f"{m.max_context:,}" if layout.fits else "—",
+                      f"{m.concurrent_at_context:,.1f}" if layout.fits else "—",
+                      f"{layout.decode_b1.tokens_per_s:,.0f}" if layout.fits else "—",
+                      f"{layout.total_tokens_per_s:,.0f}" if layout.fits else "—",
+                      f"{layout.prefill['ttft'].value:,.0f}" if layout.fits else "—")
+    console.print(table)
+    console.print("★ recommended. tok/s: decode tokens/s of the whole layout with 1 stream and "
+                  f"with {concurrency}; TTFT for a {prompt:,}-token prompt.", style="dim")
+    console.print(f"[bold]recommendation:[/] {escape(plan.reason)}", highlight=False)
+    chosen = plan.chosen
+    if chosen is not None:
+        console.print("vllm serve flags: " + escape(" ".join(chosen.flags)), highlight=False)
+        render_sections([(f"{chosen.label}: memory per GPU", list(chosen.memory.figures.values())),
+                         (f"{chosen.label}: speed", list(chosen.decode_b1.figures.values())
+                          + list(chosen.decode_at.figures.values())
+                          + list(chosen.prefill.values()))], console, explain)
+        render_notes(chosen.notes, console)
+    else:
+        for layout in plan.layouts.values():
+            if layout.memory.error:
+                console.print(f"[red]{escape(layout.label)}:[/] {escape(layout.memory.error)}",
+                              highlight=False)
+    render_notes(plan.notes + cited, console)
+    if write is not None:
+        console.print(f"wrote {write}" if plan.fits else f"[red]nothing fits: {write} not "
+                      "written[/]", highlight=False)
+
+
+def plan_ctx(plan: Any) -> str:
+    chosen = plan.chosen
+    if chosen is None:
+        return "ctx"
+    return f"{chosen.context // 1024}K" if chosen.context % 1024 == 0 else f"{chosen.context:,}"
+
+
+@plan_app.command("train")
+def train(
+    model: Annotated[str, typer.Argument(help="a preset (125M, 355M, 1.3B, 3B), a catalog model, "
+                                              "or a folder / config.json")],
+    tokens: Annotated[str, Opt(help="training tokens, e.g. 10B")] = "10B",
+    gpus: GpusOpt = None,
+    gpu_spec: GpuSpecOpt = None,
+    context: Annotated[int, Opt(help="sequence length")] = 2048,
+    doc_len: Annotated[int | None, Opt(help="mean document length with document masking")]
+    = None,
+    micro_batch: Annotated[int | None, Opt(help="sequences per GPU per step (default: the "
+                                                "largest that fits)")] = None,
+    mfu: Annotated[float | None, Opt(help="model FLOPs utilisation (default: calibrated, else "
+                                          "0.40)")] = None,
+    strategy: Annotated[str, Opt(help="auto, single, ddp, fsdp2")] = "auto",
+    electricity: Annotated[float | None, Opt(help="USD per kWh")] = None,
+    purchase_usd: Annotated[float | None, Opt(help="what one of your GPUs cost")] = None,
+    cloud: Annotated[str | None, Opt(help="GPU types to price in the cloud, e.g. h100-sxm,"
+                                          "a100-80g (default: yours)")] = None,
+    explain: ExplainOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Time, memory by component, DDP vs FSDP2, Chinchilla tokens and cost for training."""
+    from homellm.hardware import find_gpu
+    from homellm.plan.inputs import parse_count, resolve_gpus, resolve_plan_model
+    from homellm.plan.render import render_notes, render_sections
+    from homellm.plan.train import plan_train
+
+    console = Console(stderr=json_output)
+    try:
+        spec = resolve_plan_model(model)
+        devices = resolve_gpus(gpus, gpu_spec)
+        cited: list[str] = []
+        if mfu is None:
+            factors, cited = _efficiency(devices, "homellm-train", "train")
+            mfu = factors.get("mfu")
+        cloud_gpus = [find_gpu(k) for k in cloud.split(",")] if cloud else None
+        plan = plan_train(spec, devices, tokens=parse_count(tokens), context=context,
+                          doc_len=doc_len, micro_batch=micro_batch, mfu=mfu, strategy=strategy,
+                          electricity_usd_kwh=electricity, purchase_usd=purchase_usd,
+                          cloud_gpus=cloud_gpus)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps({**plan.to_json(), "calibration": cited}, indent=1))
+        return
+    console.print(f"[bold]{spec.name}[/] on {', '.join(plan.gpus)}: {plan.strategy}"
+                  f"{' with checkpointing' if plan.checkpointing else ''}, micro-batch "
+                  f"{plan.micro_batch} — {escape(plan.why)}", highlight=False)
+    render_sections(plan.sections(), console, explain)
+    layouts = Table(title="layouts", title_justify="left")
+    for column in ("strategy", "checkpointing", "GiB per GPU", "fits", "largest micro-batch"):
+        layouts.add_column(column)
+    for m in plan.layouts:
+        layouts.add_row(m.strategy, "yes" if m.checkpointing else "no",
+                        f"{m.total.value:,.1f}", "yes" if m.fits else "[red]no[/]",
+                        f"{m.max_micro_batch.value:,.0f}")
+    console.print(layouts)
+    console.print(f"[bold]cost:[/] {escape(plan.cost.verdict)}", highlight=False)
+    render_notes(plan.notes + plan.cost.notes + cited, console)
+
+
+@plan_app.command("gpus")
+def gpus_list(json_output: JsonOpt = False) -> None:
+    """The GPU catalog (dense figures, with their sources), and the GPUs NVML sees here."""
+    from dataclasses import asdict
+
+    from homellm.hardware import detect_gpus, gpu_catalog
+
+    catalog = gpu_catalog()
+    detected = detect_gpus()
+    if json_output:
+        print(json.dumps({"catalog": [asdict(g) for g in catalog.values()],
+                          "detected": [asdict(g) for g in detected or []]}, indent=1))
+        return
+    console = Console()
+    table = Table(title="GPU catalog (dense BF16, FP32 accumulate)", title_justify="left")
+    for column in ("id", "name", "GiB", "GB/s", "BF16 TFLOPS", "FP8", "TDP W", "NVLink"):
+        table.add_column(column)
+    for g in catalog.values():
+        table.add_row(g.key, g.name, f"{g.memory_gib:g}", f"{g.bandwidth_gbs:g}",
+                      f"{g.bf16_tflops:g}", f"{g.fp8_tflops:g}" if g.fp8_tflops else "—",
+                      f"{g.tdp_w:g}" if g.tdp_w else "—",
+                      f"{g.nvlink_gbs:g}" if g.nvlink_gbs else "no")
+    console.print(table)
+    console.print("detected here: " + (", ".join(g.name for g in detected) if detected
+                                       else "none (no NVML)"))
+
+
+@plan_app.command("models")
+def models_list(json_output: JsonOpt = False) -> None:
+    """Built-in model catalog and training presets, with parameter counts."""
+    from homellm.plan.models_catalog import CATALOG, TRAIN_PRESETS, train_preset_spec
+
+    rows = [(e.name, e.spec(), e.source) for e in CATALOG]
+    rows += [(name, train_preset_spec(name), "homellm training preset") for name in TRAIN_PRESETS]
+    if json_output:
+        print(json.dumps([{"name": n, "total": s.params.total, "active": s.params.active,
+                           "source": src} for n, s, src in rows], indent=1))
+        return
+    console = Console()
+    table = Table(title="models", title_justify="left")
+    for column in ("name", "type", "total params", "active", "layers", "KV heads", "source"):
+        table.add_column(column, overflow="fold")
+    for name, s, src in rows:
+        table.add_row(name, s.model_type, f"{s.params.total / 1e9:.2f}B",
+                      f"{s.params.active / 1e9:.2f}B", str(s.num_layers), str(s.num_kv_heads),
+                      src[:60])
+    console.print(table)
+
+
+@plan_app.command("calibrate")
+def calibrate(
+    results: Annotated[list[Path], typer.Argument(help="homellm bench (or vllm bench serve) "
+                                                       "result JSON files from this machine")],
+    model: Annotated[str, Opt(help="the model the results measured (catalog name or folder)")],
+    gpus: GpusOpt = None,
+    gpu_spec: GpuSpecOpt = None,
+    engine: Annotated[str, Opt(help="the engine that served them")] = "vllm",
+    tp: Annotated[int, Opt(help="tensor-parallel size of the measured server")] = 1,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fit the planner's efficiency factors to your measurements and store them; later plans
+    for this GPU and engine use and cite them."""
+    from homellm.plan.calibration import fit_bench_result, load_calibration
+    from homellm.plan.inputs import resolve_gpus, resolve_plan_model
+
+    console = Console(stderr=json_output)
+    try:
+        spec = resolve_plan_model(model)
+        device = resolve_gpus(gpus, gpu_spec)[0]
+        fits = []
+        for path in results:
+            try:
+                data = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise HomellmError(f"{path}: cannot read a result ({exc})") from None
+            fits += fit_bench_result(data, str(path), spec, device, tp=tp)
+        store = load_calibration()
+        store.record(device.key, engine, spec.name, fits)
+        saved = store.save()
+        _, cited = store.factors_for(device.key, engine, "serve")
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps({"stored": str(saved), "fits": [vars(f) for f in fits],
+                          "now": cited}, indent=1))
+        return
+    table = Table(title=f"calibration: {spec.name} on {device.key} ({engine})",
+                  title_justify="left")
+    for column in ("result", "factor", "fitted", "measured ms", "predicted before ms"):
+        table.add_column(column)
+    for f in fits:
+        table.add_row(Path(f.source).name, f.factor, f"{f.value:.3f}", f"{f.measured:,.2f}",
+                      f"{f.predicted_default:,.2f}")
+    console.print(table)
+    for line in cited:
+        console.print(line, highlight=False)
+    console.print(f"stored in {saved}", highlight=False)
