@@ -50,6 +50,27 @@ def test_vllm_single_gpu_has_no_tensor_parallel_flag() -> None:
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "1"
 
 
+@pytest.mark.parametrize(("gpus", "pp", "tp"), [("[0, 1]", 2, None), ("[0, 1, 2, 3]", 2, "2")])
+def test_vllm_pipeline_parallel_takes_its_share_of_the_gpus(gpus: str, pp: int,
+                                                            tp: str | None) -> None:
+    spec = _specs(f"models:\n  q:\n    source: a/b\n    engine: vllm\n"
+                  f"    engine_args: {{pipeline_parallel_size: {pp}}}\n"
+                  f"    replicas: [{{gpus: {gpus}}}]\n")["q/0"]
+    argv = spec.argv
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == str(pp)
+    assert argv.count("--tensor-parallel-size") == (1 if tp else 0)
+    if tp:
+        assert argv[argv.index("--tensor-parallel-size") + 1] == tp
+
+
+def test_pipeline_parallel_must_divide_the_gpus() -> None:
+    from homellm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pipeline_parallel_size: 3 must be a whole divisor"):
+        _specs("models:\n  q:\n    source: a/b\n    engine: vllm\n"
+               "    engine_args: {pipeline_parallel_size: 3}\n    replicas: [{gpus: [0, 1]}]\n")
+
+
 def test_sglang_flags() -> None:
     spec = _specs("models:\n  q:\n    source: a/b\n    engine: sglang\n    max_context: 4096\n"
                   "    replicas: [{gpus: [0, 1]}]\n")["q/0"]

@@ -146,7 +146,12 @@ def test_stack_file_for_tp_and_pp(tmp_path: Path) -> None:
         write_stack(path, plan, source="meta-llama/Llama-3.1-70B")
     pp = parse_stack(render_stack(plan, source="meta-llama/Llama-3.1-70B", layout="pp"))
     args = pp.models["llama-3.1-70b"].engine_args
-    assert args["pipeline_parallel_size"] == 2 and args["tensor_parallel_size"] == 1
+    assert args["pipeline_parallel_size"] == 2 and "tensor_parallel_size" not in args
+    from homellm.engines.registry import resolve_stack
+
+    (spec,) = resolve_stack(pp)  # the command vLLM gets: PP 2 over both GPUs, no TP flag
+    assert spec.argv[spec.argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert "--tensor-parallel-size" not in spec.argv
 
 
 def test_nothing_fits_refuses_to_write() -> None:

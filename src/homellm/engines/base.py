@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from homellm.config import ModelConfig, ReplicaConfig
+from homellm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class ServedModelAdapter(EngineAdapter):
 
     tensor_parallel_flag: str
     context_flag: str
+    # the engine_args key of pipeline parallelism: the replica's GPUs are then tp × pp
+    pipeline_parallel_arg: str
 
     @abstractmethod
     def head_argv(self, model: ModelConfig, replica: ReplicaConfig, port: int) -> list[str]:
@@ -86,8 +89,14 @@ class ServedModelAdapter(EngineAdapter):
     def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
                index: int, port: int) -> LaunchSpec:
         argv = [*self.head_argv(model, replica, port), "--served-model-name", model_name]
-        if len(replica.gpus) > 1:
-            argv += [self.tensor_parallel_flag, str(len(replica.gpus))]
+        pp = model.engine_args.get(self.pipeline_parallel_arg) or 1
+        if not isinstance(pp, int) or pp < 1 or len(replica.gpus) % pp:
+            raise ConfigError(f"models.{model_name}.engine_args.{self.pipeline_parallel_arg}: "
+                              f"{pp!r} must be a whole divisor of the replica's "
+                              f"{len(replica.gpus)} GPU(s)")
+        tp = max(1, len(replica.gpus) // pp)
+        if tp > 1:
+            argv += [self.tensor_parallel_flag, str(tp)]
         if model.max_context:
             argv += [self.context_flag, str(model.max_context)]
         if model.dtype != "auto":

@@ -13,6 +13,7 @@ class SglangAdapter(ServedModelAdapter):
     # flags checked against sglang/srt/arg_groups/fields/*.py of this release (docs/engines.md)
     documented_version = "sglang 0.5.23"
     tensor_parallel_flag = "--tp-size"
+    pipeline_parallel_arg = "pp_size"
     context_flag = "--context-length"
 
     def _cli(self) -> list[str]:

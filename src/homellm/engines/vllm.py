@@ -15,6 +15,7 @@ class VllmAdapter(ServedModelAdapter):
     # this release (docs/engines.md); the preflight re-checks the installed one's --help
     documented_version = "vllm 0.33.0"
     tensor_parallel_flag = "--tensor-parallel-size"
+    pipeline_parallel_arg = "pipeline_parallel_size"
     context_flag = "--max-model-len"
 
     def _cli(self) -> list[str]:

@@ -4,8 +4,8 @@ The vLLM adapter (``engines/base.py``) turns a replica's ``gpus`` into
 ``CUDA_VISIBLE_DEVICES`` and, with more than one GPU, ``--tensor-parallel-size len(gpus)``;
 ``max_context`` becomes ``--max-model-len``, ``dtype`` ``--dtype`` and ``engine_args`` the
 remaining flags. So replicas are one entry per GPU, TP one entry with every GPU, and PP one
-entry with every GPU whose ``engine_args`` set ``pipeline_parallel_size`` and put
-``tensor_parallel_size`` back to 1 (the later flag wins in vLLM's argparse parser).
+entry with every GPU whose ``engine_args`` set ``pipeline_parallel_size`` (the adapter then
+gives ``--tensor-parallel-size`` as GPUs ÷ PP, so no flag is given twice).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def stack_data(plan: ServePlan, *, source: str, layout: str | None = None,
     else:
         replicas = [{"gpus": chosen.gpus_per_replica[0], "role": "primary"}]
         if kind == "pp":
-            engine_args.update(tensor_parallel_size=1, pipeline_parallel_size=chosen.pp)
+            engine_args.update(pipeline_parallel_size=chosen.pp)
     model: dict[str, Any] = {"source": source, "engine": "vllm",
                              "dtype": _STACK_DTYPES.get(plan.dtype, "auto"),
                              "max_context": chosen.context, "engine_args": engine_args,
