@@ -33,3 +33,13 @@ def test_bench_client_quick(tmp_path: Path) -> None:
     assert all(r["tool"] == "homellm" and r["messages_per_s"] > 0 for r in results["rows"])
     assert results["skipped"] == {"guidellm": "--no-guidellm"}
     assert (tmp_path / "bench_client.png").stat().st_size > 0
+
+
+def test_plan_accuracy_runs(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_accuracy.py"),
+                           "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["serve"] and len(results["train"]) == 4
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
