@@ -13,8 +13,8 @@ used as weights in the final layer". For MoE models N counts the active paramete
 size Q attending T positions; with document masking a token attends only its own document, so
 T is min(context, document length). The MFU definitions we quote use this same count.
 
-Time = total FLOPs / (GPUs × dense BF16 peak × MFU). MFU defaults to 40%, stated; ``homellm
-train calibrate`` measures the real one and passes it in.
+Time = total FLOPs / (GPUs × dense BF16 peak × MFU). MFU defaults to 40%, stated; a measured
+one (``--mfu``, or a factor ``homellm plan calibrate`` stored for this GPU) replaces it.
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ def plan_train(model: ModelSpec, gpus: Sequence[GPUSpec], *, tokens: float, cont
     peak = fig("train.peak_tflops", f"dense BF16 peak per GPU ({slow.name})", "TFLOPS",
                value=slow.bf16_tflops, source=slow.source)
     mfu_fig = fig("train.mfu", "model FLOPs utilisation (MFU)", "", value=u,
-                  source="measured (homellm train calibrate)" if given_mfu else MFU_SOURCE,
+                  source=("given (--mfu, or calibrated for this GPU)" if given_mfu
+                          else MFU_SOURCE),
                   note="" if given_mfu or model.params.total >= SMALL_MODEL else
                   "sub-250M models often reach only 20–40%: embeddings, LM head and overheads "
                   "weigh more")

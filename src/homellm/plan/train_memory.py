@@ -38,7 +38,7 @@ _ACT_SRC = ("own count for a Llama/Qwen3 block with flash attention, cf. Korthik
 DEFAULT_OVERHEAD_GIB = 1.5
 DEFAULT_CE_CHUNK = 4096
 # Part of the GPU a plan fills: the rest is headroom for the caching allocator's fragmentation
-# and transient buffers (assumption; `homellm train calibrate` measures the real peak).
+# and transient buffers (an assumption until `homellm train` measures the real peak).
 DEFAULT_HEADROOM = 0.92
 
 
