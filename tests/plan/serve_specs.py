@@ -12,7 +12,7 @@ QWEN3_30B_A3B = ModelSpec(
     num_layers=48, num_heads=32, num_kv_heads=4, head_dim=128, intermediate_size=6144,
     vocab_size=151936, tie_embeddings=False, max_position_embeddings=40960,
     params=ParamCounts(total=30_532_134_912, active=3_353_044_992, embedding=311_164_928,
-                       lm_head=311_164_928),
+                       lm_head=311_164_928, routed_experts=48 * 128 * 3 * 2048 * 768),
     num_experts=128, experts_per_token=8, moe_intermediate_size=768, moe_layers=48)
 LLAMA3_8B = ModelSpec(
     name="Llama-3-8B", source="plan-facts §1", model_type="llama", hidden_size=4096,

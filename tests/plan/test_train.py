@@ -188,7 +188,7 @@ def test_long_context_needs_checkpointing_and_charges_the_recompute() -> None:
     measured = plan_train(model, [PRO6000], tokens=1e9, context=65536, chunked_ce=True,
                           mfu=0.3, prices={}, electricity_usd_kwh=0.17)
     assert _get(measured.compute, "train.recompute").value == 1.0
-    assert _get(measured.compute, "train.mfu").source.startswith("measured")
+    assert _get(measured.compute, "train.mfu").source.startswith("given")
 
 
 def test_auto_prefers_ddp_and_falls_back_to_fsdp2() -> None:

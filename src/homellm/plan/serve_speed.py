@@ -49,33 +49,6 @@ def efficiency_defaults() -> dict[str, float]:
     return {**SPEED_DEFAULTS, **MEMORY_DEFAULTS}
 
 
-def _expert_params(model: ModelSpec) -> int:
-    """One routed expert of one layer: gate, up, down = 3 · hidden · moe_intermediate."""
-    return 3 * model.hidden_size * model.moe_intermediate_size if model.is_moe else 0
-
-
-def _distinct_experts(model: ModelSpec, batch: int) -> float:
-    """Experts per MoE layer a step of ``batch`` tokens touches, routed uniformly:
-    ``E · (1 − (1 − k/E)^B)``."""
-    if not model.is_moe:
-        return 0.0
-    e, k = model.num_experts, model.experts_per_token
-    return e * (1.0 - (1.0 - k / e) ** max(batch, 1))
-
-
-def _matmul_params(model: ModelSpec, experts: float | None = None) -> float:
-    """Weights a token multiplies by: all but the embedding lookup (LM head counted even when
-    tied); for MoE the non-expert part plus ``experts`` experts per MoE layer."""
-    p = model.params
-    n = p.total - p.embedding + (model.vocab_size * model.hidden_size if model.tie_embeddings
-                                 else 0)
-    if not model.is_moe:
-        return float(n)
-    all_experts = model.moe_layers * model.num_experts * _expert_params(model)
-    k = model.experts_per_token if experts is None else experts
-    return n - all_experts + model.moe_layers * k * _expert_params(model)
-
-
 def _allreduce_us(gpu: GPUSpec, tp: int, eff: dict[str, float]) -> tuple[float, str]:
     if tp <= 1:
         return 0.0, "no tensor parallel"
@@ -114,9 +87,9 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
     b = dtype_bytes(dtype)
     f: dict[str, Figure] = {}
     micro = max(1, math.ceil(batch / pp))
-    experts = _distinct_experts(model, micro)
+    experts = model.expected_distinct_experts(micro)
     frac = layers_per_gpu(model, pp) / model.num_layers   # share of layers per stage
-    n_read = _matmul_params(model, experts if model.is_moe else None)
+    n_read = model.matmul_params(experts if model.is_moe else None)
     f["weights_read"] = fig(f"{key}.weight_bytes", "weight bytes read per step (per GPU)", "B",
                             "n_read * b * frac / tp",
                             source="roofline: every active weight read once per step; MoE: "
@@ -132,7 +105,7 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
                     w=f["weights_read"].value, kv=f["kv_read"].value,
                     bw=gpu.bandwidth_gbs, eff=eff["decode_bw_eff"])
     if model.is_moe:
-        b1 = _matmul_params(model) * b * frac / tp
+        b1 = model.matmul_params() * b * frac / tp
         f["t_moe"] = fig(f"{key}.t_moe_fixed", "MoE fixed cost per stage step", "ms",
                          "b1 / (bw * 1e9) * (1 / moe_eff - 1 / eff) * 1e3",
                          source="sized so batch 1 runs at moe_b1_eff of the roofline "
@@ -145,7 +118,7 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
     f["t_compute"] = fig(f"{key}.t_compute", "compute time per stage step", "ms",
                          "2 * n_active * micro * frac / tp / (peak * mfu) * 1e3",
                          source="compute roofline at prefill_mfu",
-                         n_active=_matmul_params(model), micro=micro, frac=frac, tp=tp,
+                         n_active=model.matmul_params(), micro=micro, frac=frac, tp=tp,
                          peak=peak, mfu=eff["prefill_mfu"])
     ar_us, ar_why = _allreduce_us(gpu, tp, eff)
     msg = micro * model.hidden_size * b
@@ -177,7 +150,7 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
     eff = {**SPEED_DEFAULTS, **(efficiency or {})}
     b = dtype_bytes(dtype)
     f: dict[str, Figure] = {}
-    n_active = _matmul_params(model)
+    n_active = model.matmul_params()
     q_width = model.num_heads * model.head_dim
     f["flops"] = fig(f"{key}.flops", f"prefill FLOPs of {prompt:,} tokens", "FLOP",
                      "prompt * (2 * n_active + 4 * layers * q_width * prompt / 2)",
@@ -185,7 +158,7 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
                             "(plan-facts §4)",
                      prompt=prompt, n_active=n_active, layers=model.num_layers,
                      q_width=q_width)
-    experts = _distinct_experts(model, prompt) if model.is_moe else None
+    experts = model.expected_distinct_experts(prompt) if model.is_moe else None
     f["t_compute"] = fig(f"{key}.t_compute", "prefill compute time", "ms",
                          "flops / (tp * peak * mfu) * 1e3",
                          source="compute roofline; prefill_mfu default 0.5",
@@ -193,7 +166,7 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
                          mfu=eff["prefill_mfu"])
     f["t_read"] = fig(f"{key}.t_read", "weight read time during prefill", "ms",
                       "n_read * b / tp / (bw * 1e9 * eff) * 1e3",
-                      n_read=_matmul_params(model, experts), b=b, tp=tp,
+                      n_read=model.matmul_params(experts), b=b, tp=tp,
                       bw=gpu.bandwidth_gbs, eff=eff["decode_bw_eff"])
     ar_us, _ = _allreduce_us(gpu, tp, eff)
     link = (gpu.nvlink_gbs or eff["pcie_gbs"]) if tp > 1 else 1.0
@@ -228,17 +201,17 @@ def burst_ttft(model: ModelSpec, gpu: GPUSpec, *, prompt: int, concurrency: int,
     q_width = model.num_heads * model.head_dim
     f["flops_per_token"] = fig(f"{key}.flops_per_token", "prefill FLOPs per prompt token",
                                "FLOP", "2 * n_active + 4 * layers * q_width * prompt / 2",
-                               n_active=_matmul_params(model), layers=model.num_layers,
+                               n_active=model.matmul_params(), layers=model.num_layers,
                                q_width=q_width, prompt=prompt)
     tokens = min(chunk, concurrency * prompt)
-    experts = _distinct_experts(model, tokens) if model.is_moe else None
+    experts = model.expected_distinct_experts(tokens) if model.is_moe else None
     f["t_chunk"] = fig(f"{key}.t_chunk", f"one prefill step of {tokens:,} tokens", "ms",
                        "max(tokens * fpt / (tp * peak * mfu), n_read * b / tp / (bw * 1e9 * eff))"
                        " * 1e3",
                        source="compute roofline at prefill_mfu, or the weight read",
                        tokens=tokens, fpt=f["flops_per_token"].value, tp=tp,
                        peak=gpu.bf16_tflops * 1e12, mfu=eff["prefill_mfu"],
-                       n_read=_matmul_params(model, experts), b=b, bw=gpu.bandwidth_gbs,
+                       n_read=model.matmul_params(experts), b=b, bw=gpu.bandwidth_gbs,
                        eff=eff["decode_bw_eff"])
     total = concurrency * prompt
     # request i's last prompt token is token (i+1)·prompt; it is done with step ceil(·/chunk)
