@@ -54,7 +54,17 @@ def test_plan_serve_json_explain_and_write(tmp_path: Path) -> None:
         assert Figure(f["key"], f["label"], f["value"], f["unit"], f["formula"],
                       f["inputs"]).check(), f["key"]
     loaded = load_stack(stack, check_sources=False)
-    assert [r.gpus for r in loaded.models[next(iter(loaded.models))].replicas] == [[0], [1]]
+    replicas = loaded.models[next(iter(loaded.models))].replicas
+    assert [(r.gpus, r.role) for r in replicas] == [([0], "primary"), ([1], "primary")]
+    again = homellm("plan", "serve", "qwen3-30b-a3b", "--gpus", "2xrtx-pro-6000", "--write",
+                    str(stack), home=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stdout + again.stderr
+    standby = tmp_path / "standby.yaml"
+    done = homellm("plan", "serve", "qwen3-30b-a3b", "--gpus", "2xrtx-pro-6000", "--write",
+                   str(standby), "--standby", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    replicas = load_stack(standby, check_sources=False).models["qwen3-30b-a3b"].replicas
+    assert [r.role for r in replicas] == ["primary", "backup"]
     explained = homellm("plan", "serve", "qwen3-30b-a3b", "--gpus", "rtx-pro-6000",
                         "--explain", home=tmp_path)
     assert explained.returncode == 0, explained.stderr

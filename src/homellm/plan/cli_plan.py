@@ -52,6 +52,9 @@ def serve(
     gpu_memory_utilization: Annotated[float, Opt(help="vLLM's budget fraction")] = 0.9,
     write: Annotated[Path | None, Opt(help="write a stack file for the recommended layout")]
     = None,
+    standby: Annotated[bool, Opt("--standby", help="with --write and replicas: the second GPU "
+                                                   "as a backup (active-standby) instead of a "
+                                                   "second primary")] = False,
     explain: ExplainOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -70,7 +73,8 @@ def serve(
                           gpu_memory_utilization=gpu_memory_utilization, efficiency=factors,
                           prompt=prompt)
         if write is not None and plan.fits:
-            write_stack(write, plan, source=model)
+            write_stack(write, plan, source=model,
+                        mode="active-standby" if standby else "active-active")
     except HomellmError as exc:
         raise _fail(console, exc) from None
     if json_output:
