@@ -40,14 +40,14 @@ _INVISIBLE = "\u00ad\u200b\u2060\ufeff"
 _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 
+# C0 and C1 controls except tab, newline and form feed (kept until page breaks are used)
+_CONTROLS = re.compile(f"[\x00-\x08\x0b\x0d-\x1f\x7f-\x9f{_INVISIBLE}]")
+
+
 def _strip_controls(text: str, stats: CleanStats) -> str:
-    out = []
-    for ch in text:
-        if ch in "\n\t\f" or (ch >= " " and ch not in _INVISIBLE and not "\x7f" <= ch <= "\x9f"):
-            out.append(ch)
-        else:
-            stats.control_chars += 1
-    return "".join(out)
+    text, removed = _CONTROLS.subn("", text)
+    stats.control_chars += removed
+    return text
 
 
 # --------------------------------------------------------------------------- page furniture
