@@ -36,6 +36,7 @@ _BOOKS = {".txt", ".text", ".md", ".markdown"}
 _TABLES = {".jsonl", ".ndjson", ".csv", ".tsv"}
 SUPPORTED_SUFFIXES = (*sorted(_BOOKS | _TABLES), ".fb2", ".fb2.zip", ".epub", ".parquet")
 _HEAD = 1 << 20  # bytes looked at to detect the encoding of a streamed file
+_MAX_UNPACKED = 256 << 20  # an archived book bigger than this is a zip bomb
 
 
 class DataReadError(HomellmError):
@@ -144,6 +145,9 @@ def _single_fb2(path: Path, data: bytes) -> bytes:
             names = [n for n in archive.namelist() if n.lower().endswith(".fb2")]
             if len(names) != 1:
                 raise DataReadError(f"{path}: expected one .fb2 inside, found {len(names)}")
+            if archive.getinfo(names[0]).file_size > _MAX_UNPACKED:
+                raise DataReadError(f"{path}: {names[0]} unpacks to more than "
+                                    f"{_MAX_UNPACKED >> 20} MiB")
             return archive.read(names[0])
     except zipfile.BadZipFile:
         raise DataReadError(f"{path}: not a zip archive") from None
