@@ -106,22 +106,22 @@ class DumpReader:
 
     # -- the buffer -------------------------------------------------------------------------
     def _more(self) -> bool:
-        """Drop what is consumed (before ``self.pos``), read more; False at end of file."""
-        if self.eof:
+        """Drop what is consumed (before ``self.pos``), read more; False (and the buffer as it
+        was) at end of file."""
+        data = b"" if self.eof else self.f.read(max(self.chunk, len(self.buf) - self.pos))
+        if not data:
+            self.eof = True
             return False
         self._line(self.pos)
         drop = self.pos
-        data = self.f.read(max(self.chunk, len(self.buf) - drop))
         self.buf = self.buf[drop:] + data
         self.base += drop
         self._lpos -= drop
         self.pos = 0
-        if not data:
-            self.eof = True
-        elif len(self.buf) > self.max_row:
+        if len(self.buf) > self.max_row:
             raise DumpError(f"{self.path}:{self._lno} (byte {self.base}): one statement or row "
                             f"runs past {self.max_row >> 20} MB; corrupt dump?")
-        return bool(data)
+        return True
 
     def _line(self, p: int) -> int:
         if p >= self._lpos:
@@ -326,13 +326,16 @@ class DumpReader:
             if buf[q - 1] == 0x29:
                 break
         m = _AFTER.match(buf, q)
-        if m.end() >= len(buf):
-            raise _Incomplete(q)
+        if m.end() >= len(buf) and not (self.eof and m.group(1)):
+            raise self._fail(m.end(), "")
         return tuple(values), m.end(), m.group(1) or buf[m.end():m.end() + 1]
 
     def _fail(self, q: int, what: str) -> Exception:
-        if len(self.buf) - q < 4096 or self.rx.partial.match(self.buf, q):
+        rest = self.buf[q:].strip()
+        if not self.eof and (len(rest) < 4096 or self.rx.partial.match(self.buf, q)):
             return _Incomplete(q)
+        if self.eof and (not rest or self.rx.partial.match(self.buf, q)):
+            return _Bad(self._truncated(q), q)
         snippet = self.buf[q:q + 30].decode("utf-8", "replace").strip()
         return _Bad(f"{what}, found {snippet!r}", q)
 
