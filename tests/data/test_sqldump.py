@@ -363,3 +363,15 @@ def test_memory_stays_bounded_on_a_big_dump(tmp_path: Path) -> None:
     assert rows == 128_001
     size_mb = dump.stat().st_size >> 20
     assert grew_mb < 40, f"peak RSS grew {grew_mb} MB reading a {size_mb} MB dump"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_chunk_boundaries_anywhere(tmp_path: Path, chunk: int) -> None:
+    """Rows, strings, comments and COPY lines cut by a read at any byte parse the same."""
+    pg = PG[:PG.index("SET standard_conforming_strings = off")]
+    for name, text in (("m.sql", MYSQL), ("p.sql", pg)):
+        dump = tmp_path / name
+        dump.write_text(text * 300, encoding="utf-8")
+        whole = list(DumpReader(dump))
+        assert list(DumpReader(dump, chunk_size=chunk)) == whole
+        assert len(whole) == 300 * (8 if name == "m.sql" else 5)

@@ -99,6 +99,9 @@ class DumpReader:
                  chunk_size: int = 1 << 22, max_row_bytes: int = 1 << 28) -> None:
         self.path = Path(path)
         self.want = set(tables) if tables is not None else None
+        if dialect not in ("auto", "mysql", "postgres", "sqlite", "standard"):
+            raise ValueError(f"dialect must be auto, mysql, postgres, sqlite or standard, not "
+                             f"{dialect!r}")
         self.skip_bad, self.dialect, self.encoding = skip_bad, dialect, encoding
         self.chunk, self.max_row = chunk_size, max_row_bytes
         self.stats = DumpStats()
@@ -135,25 +138,32 @@ class DumpReader:
         with _open(self.path) as self.f:
             self.buf, self.pos, self.base, self.eof = b"", 0, 0, False
             self._lpos, self._lno, self.delim = 0, 1, b";"
-            self._more()
+            while len(self.buf) < _LOOKAHEAD and self._more():
+                pass
             if self.buf.startswith(b"\xef\xbb\xbf"):
                 self.pos = 3
             self._sniff(self.buf[:_LOOKAHEAD])
             yield from self._statements()
 
     def _sniff(self, head: bytes) -> None:
-        if self.dialect == "auto":
-            if re.search(rb"PostgreSQL database dump|standard_conforming_str|FROM stdin;", head):
+        if self.dialect == "auto":   # the tools' own headers first: row text may say anything
+            start = head[:300]
+            if b"PostgreSQL database dump" in start:
                 self.dialect = "postgres"
-            elif re.search(rb"MySQL dump|MariaDB dump|phpMyAdmin|/\*!\d{5}|`", head):
+            elif re.search(rb"MySQL dump|MariaDB dump|phpMyAdmin", start):
                 self.dialect = "mysql"
-            elif re.search(rb"PRAGMA |BEGIN TRANSACTION;", head):
+            elif head.lstrip().startswith((b"PRAGMA", b"BEGIN TRANSACTION;")):
                 self.dialect = "sqlite"
+            elif re.search(rb"SET standard_conforming_strings|FROM stdin;", head):
+                self.dialect = "postgres"
+            elif re.search(rb"/\*!\d{5}|(?i:INTO|TABLE)\s+`", head):
+                self.dialect = "mysql"
             else:
                 self.dialect = "mysql" if re.search(rb"\\['\"]", head) else "standard"
         self.backslash = self.dialect == "mysql"
         if self.encoding is None:
-            m = re.search(rb"(?i)SET\s+NAMES\s+'?(\w+)|client_encoding\s*=\s*'(\w+)'", head)
+            m = re.search(rb"(?im)^(?:/\*!\d+ )?SET\s+(?:NAMES\s+'?(\w+)|client_encoding\s*=\s*"
+                          rb"'(\w+)')", head[:8192])
             self.encoding = _codec((m.group(1) or m.group(2)).decode()) if m else "utf-8"
         self.rx = _patterns(self.backslash, self.delim)
 
@@ -368,16 +378,17 @@ class DumpReader:
             if not want:
                 continue
             fields = line.split(b"\t")
-            if len(fields) != len(convs):
+            try:
+                if len(fields) != len(convs):
+                    raise ValueError(f"{len(fields)} fields for {len(convs)} columns")
+                values = tuple([c(f) for c, f in zip(convs, fields, strict=True)])
+            except ValueError as exc:
                 if not self.skip_bad:
-                    raise _Bad(f"a COPY line of {len(fields)} fields for {len(convs)} columns "
-                               f"of {name}", p)
+                    raise _Bad(f"a bad COPY line for {name}: {exc}", p) from None
                 stats.rows_skipped += 1
                 continue
             stats.rows += 1
-            yield DumpRow(name, cols or (), tuple([c(f) for c, f in zip(convs, fields,
-                                                                          strict=True)]),
-                          self._line(p + 1))
+            yield DumpRow(name, cols or (), values, self._line(p + 1))
 
 
 def _expr(r: DumpReader, q: int) -> tuple[Value, int]:

@@ -144,9 +144,9 @@ def _convert(b_: bytes | None, f: bytes | None, h: bytes | None, x: bytes | None
     if b_:
         return _mysql_unescape(b_[1:-1])
     if h:
-        return bytes.fromhex(h[2:].decode())
+        return bytes.fromhex(("0" if len(h) % 2 else "") + h[2:].decode())   # MySQL: 0xABC
     if x:
-        return bytes.fromhex(x[1:-1].decode())
+        return bytes.fromhex(("0" if len(x) % 2 else "") + x[1:-1].decode())
     return _mysql_unescape((d or b'""')[1:-1]).replace(b'""', b'"').decode(encoding, "replace")
 
 
