@@ -1,0 +1,149 @@
+"""``homellm data``: the typer sub-app (ingest, inspect, tokenize, report). Parsing, progress
+and rendering only; the work is in ``data/``'s modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from homellm.errors import HomellmError
+
+data_app = typer.Typer(help="Your books and dialogue dumps → clean splits → token shards.",
+                       no_args_is_help=True)
+Opt = typer.Option
+
+
+def _fail(console: Console, exc: HomellmError) -> typer.Exit:
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+def byte_progress(console: Console, label: str) -> Any:
+    """A rich progress bar over bytes (rate and ETA), fed by ``(done, total, what)`` calls."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[what]}"), console=console, transient=False)
+    task = progress.add_task(label, total=None, what="")
+
+    def hook(done: int, total: int, what: str) -> None:
+        progress.update(task, completed=done, total=total or None,
+                        **({"what": what} if what else {}))
+
+    return progress, hook
+
+
+@data_app.command("ingest")
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="files, folders, SQL dumps (.sql, .sql.gz), "
+                                                     "SQLite files or database URLs")],
+    out: Annotated[Path, Opt("-o", "--out", help="the dataset folder (resumable)")],
+    map_: Annotated[str | None, Opt("--map", help="dialogues in a dump/database: table=…,"
+                                                  "conversation=…,role=…,text=…,order=…,"
+                                                  "roles=user:user,bot:assistant; or a YAML "
+                                                  "file")] = None,
+    skip_bad: Annotated[bool, Opt("--skip-bad", help="skip (and count) what cannot be "
+                                                     "parsed instead of stopping")] = False,
+    seed: Annotated[int, Opt(help="the split's seed")] = 0,
+    split: Annotated[str, Opt(help="train,val,test fractions")] = "0.8,0.1,0.1",
+    dedupe_threshold: Annotated[float, Opt(help="near-duplicate Jaccard threshold")] = 0.8,
+    scrub: Annotated[bool, Opt("--scrub/--no-scrub", help="replace e-mails, phones and URLs in "
+                                                          "dialogues")] = True,
+    yo: Annotated[str, Opt(help="keep ё, or replace it with е (keep|e)")] = "keep",
+    text_field: Annotated[str, Opt(help="the text field of .jsonl/.csv/.parquet inputs")]
+    = "text",
+    workers: Annotated[int, Opt(help="processes (0: one per core)")] = 0,
+    json_output: Annotated[bool, Opt("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Read, clean, deduplicate and split your corpus into DATASET (re-runs skip done inputs)."""
+    from homellm.data.dialogues import DialogueMap
+    from homellm.data.pipeline import IngestOptions, run_ingest
+    from homellm.errors import ConfigError
+
+    console = Console(stderr=json_output)
+    try:
+        ratios = tuple(float(x) for x in split.split(","))
+        if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0:
+            raise ConfigError(f"--split {split!r}: three fractions that add up to 1")
+        if yo not in ("keep", "e"):
+            raise ConfigError(f"--yo {yo!r}: keep or e")
+        options = IngestOptions(mapping=DialogueMap.load(map_) if map_ else None,
+                                skip_bad=skip_bad, text_field=text_field, yo=yo,
+                                workers=workers, seed=seed, ratios=ratios,  # type: ignore[arg-type]
+                                dedupe_threshold=dedupe_threshold, scrub_dialogues=scrub)
+        progress, hook = byte_progress(console, "ingest")
+        with progress:
+            manifest = run_ingest(sources, out, options, hook)
+    except ValueError:
+        raise _fail(console, ConfigError(f"--split {split!r}: three numbers like 0.8,0.1,0.1")
+                    ) from None
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: finished inputs are kept; run the same command to resume")
+        raise typer.Exit(130) from None
+    if json_output:
+        print(json.dumps(manifest, indent=1, ensure_ascii=False))
+        return
+    table = Table(title=f"dataset {out}", title_justify="left")
+    for column in ("input", "kind", "records", "skipped", "repaired", "s"):
+        table.add_column(column)
+    for entry in manifest["inputs"].values():
+        table.add_row(escape(Path(entry["source"]).name), entry["kind"], str(entry["records"]),
+                      str(entry["skipped"]), str(entry["repaired"]), f"{entry['seconds']:.1f}")
+    console.print(table)
+    splits = manifest.get("splits") or {}
+    console.print(escape(json.dumps({k: v for k, v in splits.items()
+                                     if k in ("counts", "records", "duplicates")},
+                                    ensure_ascii=False))[:2000], highlight=False)
+
+
+@data_app.command("inspect")
+def inspect(
+    source: Annotated[str, typer.Argument(help="an SQL dump, a SQLite file or a database URL")],
+    samples: Annotated[int, Opt(help="sample rows per table")] = 3,
+    skip_bad: Annotated[bool, Opt("--skip-bad")] = False,
+    json_output: Annotated[bool, Opt("--json")] = False,
+) -> None:
+    """Tables, columns, row counts and sample rows: what you need to write --map."""
+    from homellm.data.dialogues import inspect_dump
+
+    console = Console(stderr=json_output)
+    try:
+        tables = inspect_dump(source, samples, skip_bad=skip_bad)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps([{"name": t.name, "columns": list(t.columns), "rows": t.row_count,
+                           "samples": [[_short(v) for v in row] for row in t.sample_rows]}
+                          for t in tables], indent=1, ensure_ascii=False))
+        return
+    for t in tables:
+        table = Table(title=f"{t.name}: {t.row_count:,} rows", title_justify="left")
+        for column in t.columns:
+            table.add_column(escape(column), overflow="fold", max_width=40)
+        for row in t.sample_rows:
+            table.add_row(*(escape(str(_short(v))) for v in row))
+        console.print(table)
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
+    return value
