@@ -255,6 +255,8 @@ def run_ingest(sources: Iterable[str | Path], root: Path, options: IngestOptions
     items = expand_inputs(sources)
     layout.root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(layout)
+    for stale in layout.ingested.glob(".*.tmp") if layout.ingested.exists() else ():
+        stale.unlink(missing_ok=True)  # a killed run's half-written output (one writer at a time)
     manifest["options"] = {"seed": options.seed, "ratios": list(options.ratios),
                            "dedupe_threshold": options.dedupe_threshold,
                            "scrub_dialogues": options.scrub_dialogues, "yo": options.yo,
