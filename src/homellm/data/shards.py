@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 FORMAT = "homellm-shards-v1"
-SHARD_TOKENS = 100_000_000   # 200 MB at uint16: a few per GB of text, ~1 min each to redo
+SHARD_TOKENS = 100_000_000   # 200 MB at uint16 (+100 MB mask): the unit of resume
 BATCH_BYTES = 4 << 20        # JSON lines per encode_batch call
 MANIFEST = "manifest.json"
 FILES = ("bin", "mask", "docs")
