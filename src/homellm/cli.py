@@ -12,7 +12,7 @@ from rich.console import Console
 
 from homellm import __version__
 from homellm.bench.cli_bench import bench_command, compare_command
-from homellm.data.cli_data import data_app
+from homellm.data.cli_data import data_app, tokenizer_app
 from homellm.errors import ConfigError, HomellmError
 from homellm.plan.cli_plan import plan_app
 
@@ -303,6 +303,7 @@ bench_app.command("compare")(compare_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(plan_app, name="plan")
 app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
 
 
 @app.command()

@@ -147,3 +147,114 @@ def _short(value: Any) -> Any:
     if isinstance(value, str) and len(value) > 200:
         return value[:200] + "…"
     return value
+
+
+def stage_progress(console: Console) -> Any:
+    """A rich progress bar fed by ``(stage, done, total)`` calls (rate and ETA per stage)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+                        console=console)
+    tasks: dict[str, Any] = {}
+
+    def hook(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return progress, hook
+
+
+@data_app.command("tokenize")
+def tokenize(
+    dataset: Annotated[Path, typer.Argument(help="a dataset folder made by `data ingest`")],
+    tokenizer: Annotated[Path, Opt(help="a tokenizer folder (`homellm tokenizer train`)")],
+    shard_tokens: Annotated[int, Opt(help="tokens per shard")] = 100_000_000,
+) -> None:
+    """Token shards per split (uint16/uint32 memmaps, document index, loss mask, checksums);
+    shards already complete are kept."""
+    from homellm.data.layout import DatasetLayout
+    from homellm.data.shards import tokenize_dataset
+
+    console = Console()
+    try:
+        progress, hook = stage_progress(console)
+        with progress:
+            folder = tokenize_dataset(DatasetLayout(dataset), tokenizer,
+                                      shard_tokens=shard_tokens, progress=hook)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: finished shards are kept; run the same command to resume")
+        raise typer.Exit(130) from None
+    manifest = json.loads((folder / "manifest.json").read_text("utf-8"))
+    counts = {split: info.get("tokens") for split, info in manifest.get("splits", {}).items()}
+    console.print(f"shards in {folder}: tokens {counts}", highlight=False)
+
+
+tokenizer_app = typer.Typer(help="Train a byte-level BPE tokenizer on your corpus; compare "
+                                 "tokenizers.", no_args_is_help=True)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    dataset: Annotated[Path, typer.Argument(help="a dataset folder made by `data ingest`")],
+    out: Annotated[Path, Opt("-o", "--out", help="the tokenizer folder to write")],
+    vocab: Annotated[int, Opt(help="vocabulary size")] = 50000,
+    special: Annotated[list[str] | None, Opt(help="extra special tokens, e.g. "
+                                                  "--special '<|dialogue|>'")] = None,
+    sample_mb: Annotated[int, Opt(help="train on at most this many MB of the train split")]
+    = 512,
+    seed: Annotated[int, Opt(help="the sample's seed")] = 0,
+) -> None:
+    """Byte-level BPE (Hugging Face tokenizers) with ChatML turn markers and a chat template,
+    saved so AutoTokenizer and `transformers serve` load it."""
+    from homellm.data.layout import DatasetLayout
+    from homellm.tokenizer import tokenizer_id, train_tokenizer
+
+    console = Console()
+    try:
+        progress, hook = stage_progress(console)
+        with progress:
+            folder = train_tokenizer(DatasetLayout(dataset), out, vocab_size=vocab,
+                                     special_tokens=tuple(special or ()),
+                                     sample_bytes=sample_mb * 1024 * 1024, seed=seed,
+                                     progress=hook)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    console.print(f"tokenizer {tokenizer_id(folder)} in {folder}", highlight=False)
+
+
+@tokenizer_app.command("report")
+def tokenizer_report_command(
+    dataset: Annotated[Path, typer.Argument(help="a dataset folder made by `data ingest`")],
+    tokenizers: Annotated[list[Path], Opt("--tokenizer", help="tokenizer folder(s) to compare "
+                                                               "(yours, Qwen's, ...)")],
+    split: Annotated[str, Opt(help="the split to measure on")] = "val",
+    json_output: Annotated[bool, Opt("--json")] = False,
+) -> None:
+    """Bytes per token, characters per token and tokens per word, per source, next to a
+    byte-level baseline: what a Russian-trained vocabulary buys."""
+    from homellm.tokenizer_report import tokenizer_report
+
+    console = Console(stderr=json_output)
+    try:
+        names = {}
+        for folder in tokenizers:
+            name = folder.name or str(folder)
+            names[name if name not in names else str(folder)] = folder
+        report = tokenizer_report(dataset, names, split=split)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    else:
+        console.print(escape(report.table()), highlight=False)
