@@ -258,3 +258,35 @@ def tokenizer_report_command(
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     else:
         console.print(escape(report.table()), highlight=False)
+
+
+@data_app.command("report")
+def report(
+    dataset: Annotated[Path, typer.Argument(help="a dataset folder made by `data ingest`")],
+    html: Annotated[bool, Opt("--html/--no-html", help="also write report/report.html")] = True,
+    json_output: Annotated[bool, Opt("--json")] = False,
+) -> None:
+    """Records, characters and tokens per split and source, length histograms, duplicates
+    removed, encodings repaired, Cyrillic vs Latin, samples (JSON, PNG, HTML)."""
+    from homellm.data.report import build_report, write_report
+
+    console = Console(stderr=json_output)
+    try:
+        figures, lengths = build_report(dataset)
+        written = write_report(dataset, figures, lengths, html=html)
+    except HomellmError as exc:
+        raise _fail(console, exc) from None
+    if json_output:
+        print(json.dumps(figures, indent=1, ensure_ascii=False))
+        return
+    table = Table(title=f"dataset {dataset}", title_justify="left")
+    for column in ("split", "records", "characters", "Cyrillic", "tokens"):
+        table.add_column(column)
+    for split, info in figures["splits"].items():
+        tokens = ", ".join(f"{v.get(split, 0):,}" for v in figures["tokens"].values()) or "—"
+        table.add_row(split, f"{info['records']:,}", f"{info['chars']:,}",
+                      f"{(info['cyrillic_share'] or 0):.1%}", tokens)
+    console.print(table)
+    console.print(f"mojibake lines repaired: {figures['mojibake_lines_repaired']}; encodings: "
+                  f"{figures['encodings']}", highlight=False)
+    console.print("written: " + ", ".join(str(p) for p in written), highlight=False)
