@@ -15,6 +15,7 @@ from homellm.data.records import Conversation, Document, Record, Turn, from_json
 from homellm.data.split import (
     AUTO_CHUNK_BELOW_BOOKS,
     assign_split,
+    json_line,
     normalise_ratios,
     split_assignments,
     write_splits,
@@ -91,6 +92,7 @@ def test_write_splits_round_trip_with_stats(tmp_path: Path) -> None:
     assert {r.id: len(r.turns) for r in convs_out} == {c.id: 3 for c in convs} | {"contact": 2}
     for split, records in out.items():  # each conversation whole, in its own split
         assert all(assign_split(r.id, 5) == split for r in records if r.kind == "conversation")
+    assert all(json.loads(json_line(r)) == r.to_json() for r in [*convs_out[:5], *books])
     scrubbed = next(r for r in convs_out if r.id == "contact")
     assert scrubbed.turns[0].text == "Позвоните мне: <phone>, или пишите на <email>"
     assert scrubbed.turns[1].text.endswith("в 18:30 позвоню.")
@@ -98,6 +100,7 @@ def test_write_splits_round_trip_with_stats(tmp_path: Path) -> None:
     assert any("www.azbyka.ru" in r.text for rs in out.values() for r in rs
                if isinstance(r, Document))
     saved = json.loads(layout.split_stats.read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(stats.to_json()))
     assert saved["records_in"] == 304 and seen[-1] == 304
     assert sum(saved["kinds"][s].get("conversation", 0) for s in saved["kinds"]) == 301
     assert saved["book_unit"] == "chunk" and saved["scrub"] == {"phone": 1, "email": 1}

@@ -108,7 +108,9 @@ def signature(text: str, num_perm: int = DEFAULT_NUM_PERM, seed: int = 1) -> np.
     return np.asarray(sketch.hashvalues, np.uint32)
 
 
-def _signature_rows(texts: Sequence[str], num_perm: int, seed: int) -> np.ndarray:
+def signature_rows(texts: Sequence[str], num_perm: int = DEFAULT_NUM_PERM,
+                   seed: int = 1) -> np.ndarray:
+    """Signatures of ``texts`` in this process: what each worker runs on its chunk."""
     out = np.empty((len(texts), num_perm), np.uint32)
     for i, text in enumerate(texts):
         out[i] = signature(text, num_perm, seed)
@@ -126,9 +128,9 @@ def minhash_signatures(texts: Sequence[str], num_perm: int = DEFAULT_NUM_PERM,
     """
     texts = list(texts)
     if pool is None and (workers <= 1 or len(texts) <= chunk):
-        return _signature_rows(texts, num_perm, seed)
+        return signature_rows(texts, num_perm, seed)
     parts = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
-    job = partial(_signature_rows, num_perm=num_perm, seed=seed)
+    job = partial(signature_rows, num_perm=num_perm, seed=seed)
     if pool is not None:
         rows = pool.map(job, parts)
     else:
