@@ -107,9 +107,12 @@ def ingest(
                       str(entry["skipped"]), str(entry["repaired"]), f"{entry['seconds']:.1f}")
     console.print(table)
     splits = manifest.get("splits") or {}
-    console.print(escape(json.dumps({k: v for k, v in splits.items()
-                                     if k in ("counts", "records", "duplicates")},
-                                    ensure_ascii=False))[:2000], highlight=False)
+    run = manifest.get("last_run", {})
+    dedupe = (splits.get("dedupe") or {}).get("totals", {})
+    console.print(f"{run.get('already_done', 0)} of {run.get('inputs', 0)} inputs already done "
+                  f"(resumed); records per split {splits.get('totals', {})}; duplicates removed "
+                  f"{dedupe}; scrubbed {splits.get('scrub', {})}", highlight=False)
+    console.print(f"next: homellm tokenizer train {out} -o TOKENIZER_DIR", highlight=False)
 
 
 @data_app.command("inspect")

@@ -273,6 +273,7 @@ def run_ingest(sources: Iterable[str | Path], root: Path, options: IngestOptions
             continue
         todo.append((item, ident))
     tell = progress or (lambda done, total, what: None)
+    manifest["last_run"] = {"inputs": len(items), "already_done": len(items) - len(todo)}
     tell(done_bytes, total, f"{len(items) - len(todo)} of {len(items)} inputs already done")
     if todo:
         done_bytes = _ingest_all(todo, layout, options, manifest, done_bytes, total, tell)
@@ -281,8 +282,9 @@ def run_ingest(sources: Iterable[str | Path], root: Path, options: IngestOptions
 
     stats = write_splits(iter_ingested(layout, manifest), layout, seed=options.seed,
                          ratios=options.ratios, dedupe_threshold=options.dedupe_threshold,
-                         scrub_dialogues=options.scrub_dialogues, book_unit=options.book_unit)
-    manifest["splits"] = stats.to_json() if hasattr(stats, "to_json") else stats
+                         scrub_dialogues=options.scrub_dialogues, book_unit=options.book_unit,
+                         workers=options.workers or os.cpu_count() or 1)
+    manifest["splits"] = stats.to_json()
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
 
