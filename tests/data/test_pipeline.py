@@ -125,6 +125,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     proc = ingest(src, tmp_path / "ds")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "cut.fb2" in out and "Traceback" not in out
+    skipped = ingest(src, tmp_path / "ds", "--skip-bad", "--json")
+    out, _ = skipped.communicate(timeout=120)  # the bad book is left out, counted and named
+    assert skipped.returncode == 0, out[-2000:]
+    (entry,) = json.loads(out[out.index("{"):])["inputs"].values()
+    assert entry["status"] == "failed" and "cut.fb2" in entry["error"]
     (src / "cut.fb2").unlink()
     (src / "chats.sql").write_text("INSERT INTO messages VALUES (1, 'обрыв", "utf-8")
     proc = ingest(src, tmp_path / "ds2")

@@ -102,10 +102,15 @@ def ingest(
     table = Table(title=f"dataset {out}", title_justify="left")
     for column in ("input", "kind", "records", "skipped", "repaired", "s"):
         table.add_column(column)
+    failed = []
     for entry in manifest["inputs"].values():
         table.add_row(escape(Path(entry["source"]).name), entry["kind"], str(entry["records"]),
                       str(entry["skipped"]), str(entry["repaired"]), f"{entry['seconds']:.1f}")
+        if entry.get("status") == "failed":
+            failed.append(entry)
     console.print(table)
+    for entry in failed:
+        console.print(f"[yellow]skipped input:[/] {escape(entry['error'])}", highlight=False)
     splits = manifest.get("splits") or {}
     run = manifest.get("last_run", {})
     dedupe = (splits.get("dedupe") or {}).get("totals", {})

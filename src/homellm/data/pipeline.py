@@ -238,7 +238,8 @@ def load_manifest(layout: DatasetLayout) -> dict[str, Any]:
 
 
 def iter_ingested(layout: DatasetLayout, manifest: dict[str, Any]) -> Iterator[Record]:
-    for ident in sorted(manifest["inputs"], key=lambda i: manifest["inputs"][i]["source"]):
+    done = [i for i, e in manifest["inputs"].items() if e.get("status") == "done"]
+    for ident in sorted(done, key=lambda i: manifest["inputs"][i]["source"]):
         path = layout.ingested_file(ident)
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -307,12 +308,17 @@ def _ingest_all(todo: list[tuple[Input, str]], layout: DatasetLayout, options: I
                 item, ident = futures[future]
                 try:
                     result = future.result()
-                except HomellmError:
-                    for other in pending:
-                        other.cancel()
-                    raise
+                    entry = {**asdict(result), "status": "done"}
+                except HomellmError as exc:
+                    if not options.skip_bad:
+                        for other in pending:
+                            other.cancel()
+                        raise
+                    # --skip-bad: the input is left out and said so; the next run retries it
+                    entry = {**asdict(InputResult(ident, item.source, item.kind, item.size)),
+                             "status": "failed", "error": str(exc)}
                 done_bytes += item.size
-                manifest["inputs"][ident] = {**asdict(result), "status": "done"}
+                manifest["inputs"][ident] = entry
                 atomic_write_text(layout.manifest,
                                   json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
                 tell(done_bytes, total, Path(item.source).name)
