@@ -142,3 +142,36 @@ def test_bad_split_option(tmp_path: Path, bad: str) -> None:
     proc = ingest(corpus(tmp_path / "src", conversations=3), tmp_path / "ds", "--split", bad)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "--split" in out
+
+
+def test_tokenizer_and_shards_from_the_cli(tmp_path: Path) -> None:
+    """The chain a user runs after ingest: tokenizer train → data tokenize → reports."""
+    src = corpus(tmp_path / "src", conversations=80)
+    ds, tok = tmp_path / "ds", tmp_path / "tok"
+    first = ingest(src, ds)
+    out, _ = first.communicate(timeout=240)
+    assert first.returncode == 0, out[-2000:]
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*HOMELLM, *args], capture_output=True, text=True, timeout=240,
+                              env=env, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    run("tokenizer", "train", str(ds), "-o", str(tok), "--vocab", "400", "--special",
+        "<|dialogue|>")
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tok)
+    assert len(hf.encode("<|dialogue|>", add_special_tokens=False)) == 1
+    rendered = hf.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False)
+    assert "<|im_start|>user\nПривет<|im_end|>" in rendered
+    run("data", "tokenize", str(ds), "--tokenizer", str(tok))
+    report = json.loads(run("tokenizer", "report", str(ds), "--tokenizer", str(tok), "--json"))
+    by_name = {(r["tokenizer"], r["source"]): r for r in report["rows"]}
+    assert by_name[("bytes", "(all)")]["bytes_per_token"] == 1.0
+    assert by_name[("tok", "(all)")]["bytes_per_token"] > 1.0
+    data = json.loads(run("data", "report", str(ds), "--json"))
+    (tokens,) = data["tokens"].values()
+    assert tokens["train"] > 0 and set(tokens) == {"train", "val", "test"}
