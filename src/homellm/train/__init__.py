@@ -1,0 +1,1 @@
+"""``homellm train``: model presets, training loop, checkpoints with exact resume, eval, export."""
