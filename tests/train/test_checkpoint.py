@@ -195,6 +195,10 @@ def _flip_byte(path: Path, offset: int = -20) -> None:
         (lambda d: (d / "rng.pt").write_bytes((d / "rng.pt").read_bytes()[:-7]), "rng.pt has"),
         (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is unreadable"),
         (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
+        (lambda d: (d / "manifest.json").write_text('{"format_version": 1, "files": []}'),
+         "manifest.json is unreadable"),
+        (lambda d: (d / "manifest.json").write_text('{"format_version": 9, "files": {}}'),
+         "format version 9 is newer"),
     ],
 )
 def test_corrupt_latest_falls_back_to_previous(tmp_path: Path, caplog, damage, expected) -> None:

@@ -173,26 +173,27 @@ def verify(path: str | os.PathLike[str]) -> list[str]:
     name = folder.name
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        files = manifest["files"]
         version = int(manifest["format_version"])
+        files = {str(k): (int(v["bytes"]), str(v["sha256"])) for k, v in manifest["files"].items()}
+        if any("/" in k or k.startswith(".") for k in files):
+            raise ValueError("a file name points outside the folder")
     except FileNotFoundError:
         return [f"{name}: {MANIFEST_FILE} is missing"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return [f"{name}: {MANIFEST_FILE} is unreadable ({type(exc).__name__})"]
     if version > FORMAT_VERSION:
         return [f"{name}: format version {version} is newer than this homellm ({FORMAT_VERSION})"]
     problems = [f"{name}: {f} is not in the manifest" for f in _REQUIRED if f not in files]
-    for file_name, expected in files.items():
+    for file_name, (want, digest) in files.items():
         target = folder / file_name
         try:
             size = target.stat().st_size
         except FileNotFoundError:
             problems.append(f"{name}: {file_name} is missing")
             continue
-        if size != expected["bytes"]:
-            want = expected["bytes"]
+        if size != want:
             problems.append(f"{name}: {file_name} has {size} bytes, manifest says {want}")
-        elif _sha256(target) != expected["sha256"]:
+        elif _sha256(target) != digest:
             problems.append(f"{name}: {file_name} fails its sha256 check")
     if not problems and _read_state(folder) is None:
         problems.append(f"{name}: {STATE_FILE} is unreadable")
