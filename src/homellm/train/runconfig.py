@@ -1,0 +1,428 @@
+"""The run config file of ``homellm train``: every knob in one YAML file, validated with pydantic
+(unknown fields refused), each error one line ``FILE:LINE: field: what was expected``; flag
+overrides go through the same validation; the pre-flight memory check refuses, before the
+first step, a run that will not fit and names the setting to change."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from homellm.config import _line_index, _nearest_line
+from homellm.errors import ConfigError
+from homellm.modelspec import ModelSpec, model_spec_from_config
+from homellm.plan.train_memory import MemoryPlan, choose_layout, memory_plan
+from homellm.train.presets import canonical_preset, preset_names, preset_spec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def _token_count(value: object) -> object:
+    """Token counts as people write them: 20_000_000_000, 2.0e10, "20B", "1.5M", "2e10"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").lower()
+        scale = _SUFFIX.get(text[-1:], 1)
+        try:
+            number = float(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            return value        # pydantic then says what it expected
+        return int(number) if number.is_integer() else value
+    return value
+
+
+class Stage(_Strict):
+    """One step of a length curriculum: train ``tokens`` tokens at ``seq_len``."""
+
+    seq_len: int = Field(ge=16)
+    tokens: int = Field(gt=0, description="tokens trained in this stage")
+    rope_theta: float | None = Field(default=None, gt=0, description="None: the run's")
+    micro_batch: int | None = Field(default=None, ge=1, description="None: the run's")
+    mix: dict[str, float] | None = Field(
+        default=None, description="relative weights of dataset sources, e.g. {books: 0.5}")
+
+    _tokens = field_validator("tokens", mode="before")(_token_count)
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_weights(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        if mix is None:
+            return mix
+        if any(w < 0 or not math.isfinite(w) for w in mix.values()):
+            raise ValueError(f"weights must be 0 or more, got {mix}")
+        if not any(w > 0 for w in mix.values()):
+            raise ValueError("at least one source needs a positive weight")
+        return mix
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int | None = Field(default=1000, ge=1)
+    every_minutes: float | None = Field(default=30.0, gt=0)
+    keep_last: int = Field(default=3, ge=1)
+
+
+class RunConfig(_Strict):
+    """One training run. Relative paths are relative to the run config file's folder."""
+
+    model: str = Field(description="a preset (tiny, 125m, ...) or a HF config.json / folder")
+    tokenizer: str = Field(description="the tokenizer folder (its vocabulary sizes the model)")
+    dataset: str = Field(description="the token shards folder")
+    out: str = Field(description="the run folder: checkpoints, logs, metrics")
+    tie_embeddings: bool | None = Field(default=None, description="None: the preset's")
+    seq_len: int = Field(default=2048, ge=16)
+    micro_batch: int = Field(default=8, ge=1, description="sequences per GPU per forward")
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr: float = Field(default=3e-5, ge=0)
+    warmup_steps: int = Field(default=1000, ge=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(default=0.2, gt=0, le=1,
+                                  description="wsd: the final part of training that decays")
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(default=1.0, gt=0, description="None: no clipping")
+    max_steps: int | None = Field(default=None, ge=1)
+    tokens: int | None = Field(default=None, ge=1, description="token budget")
+    eval_every: int = Field(default=500, ge=1, description="steps")
+    eval_tokens: int = Field(default=1_000_000, ge=1)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    seed: int = Field(default=0, ge=0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    document_masking: bool = Field(default=True,
+                                   description="attention stops at document boundaries")
+    rope_theta: float | None = Field(default=None, gt=0, description="None: the preset's")
+    curriculum: list[Stage] | None = Field(default=None, min_length=1)
+    gpus: list[int] | None = Field(default=None, description="None: all visible; []: CPU")
+    strategy: Literal["auto", "ddp", "fsdp2"] = "auto"
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)  # for FILE:LINE
+
+    _counts = field_validator("tokens", "eval_tokens", mode="before")(_token_count)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"expected two numbers in [0, 1), got {list(betas)}")
+        return betas
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_unique(cls, gpus: list[int] | None) -> list[int] | None:
+        if gpus is not None and any(g < 0 for g in gpus):
+            raise ValueError("GPU indices are 0 or more")
+        if gpus is not None and len(set(gpus)) != len(gpus):
+            raise ValueError(f"a GPU is listed twice in {gpus}")
+        return gpus
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, model: str) -> str:
+        if not model.strip():
+            raise ValueError("expected a preset name or a path")
+        return canonical_preset(model) or model
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr: {self.min_lr:g} is above lr {self.lr:g}")
+        if self.curriculum:
+            for i in range(1, len(self.curriculum)):
+                prev, cur = self.curriculum[i - 1].seq_len, self.curriculum[i].seq_len
+                if cur <= prev:
+                    raise ValueError(f"curriculum.{i}.seq_len: stages must grow in length, "
+                                     f"{cur} follows {prev}")
+            if self.tokens is not None:
+                raise ValueError("tokens: the curriculum's stages set the token budget; "
+                                 "leave tokens out")
+            if "seq_len" in self.model_fields_set:
+                raise ValueError("seq_len: the curriculum's stages set the lengths; "
+                                 "leave seq_len out")
+        elif self.max_steps is None and self.tokens is None:
+            raise ValueError("max_steps: set max_steps or tokens (the token budget)")
+        elif self.max_steps is not None and self.tokens is not None:
+            raise ValueError("tokens: set max_steps or tokens, not both")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} is more than max_steps "
+                             f"{self.max_steps}")
+        if self.gpus == [] and self.precision != "fp32":
+            # bf16 autocast on CPU is slow and unsupported by some kernels: CPU runs are fp32
+            object.__setattr__(self, "precision", "fp32")
+        return self
+
+    # --- derived values the trainer uses ---------------------------------------------------------
+
+    @property
+    def preset(self) -> str | None:
+        """The preset name, or None when ``model`` is a config path."""
+        return canonical_preset(self.model)
+
+    def precision_on(self, device: str) -> str:
+        """fp32 on CPU whatever the file says; the file's choice on GPU."""
+        return "fp32" if device == "cpu" else self.precision
+
+    def stages(self) -> list[Stage]:
+        """The curriculum, or one stage of the whole run at ``seq_len`` (tokens 0 when the run
+        is bounded by max_steps only)."""
+        if self.curriculum:
+            return [s.model_copy(update={"micro_batch": s.micro_batch or self.micro_batch,
+                                         "rope_theta": s.rope_theta or self.rope_theta})
+                    for s in self.curriculum]
+        return [Stage.model_construct(seq_len=self.seq_len, tokens=self.tokens or 0,
+                                      rope_theta=self.rope_theta, micro_batch=self.micro_batch,
+                                      mix=None)]
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(s.seq_len for s in self.stages())
+
+    @property
+    def token_budget(self) -> int | None:
+        if self.curriculum:
+            return sum(s.tokens for s in self.curriculum)
+        return self.tokens
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "literal_error":
+        return f"expected {error['ctx']['expected']}, got {error['input']!r}"
+    if error["type"] == "missing":
+        return "required field is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _field_in_message(message: str) -> tuple[tuple[Any, ...], str] | None:
+    """Cross-field errors start with the field they blame: ``curriculum.2.seq_len: ...``."""
+    head, sep, rest = message.partition(": ")
+    if not sep or " " in head or not head:
+        return None
+    path = tuple(int(p) if p.isdigit() else p for p in head.split("."))
+    return (path, rest) if path[0] in RunConfig.model_fields else None
+
+
+def _raise_validation(exc: ValidationError, filename: str,
+                      lines: dict[tuple[Any, ...], int]) -> None:
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    message = _message(dict(error))
+    found = _field_in_message(message) if not loc else None
+    if found is not None:
+        loc, message = found
+    line = _nearest_line(lines, loc) or 1
+    where = ".".join(str(p) for p in loc) or "(top)"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    raise ConfigError(f"{filename}:{line}: {where}: {message}{more}") from None
+
+
+def parse_run_config(text: str, filename: str = "run.yaml") -> RunConfig:
+    """Validate run config text; raise ConfigError ``FILE:LINE: field: what was expected``."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: expected a mapping with model:, tokenizer:, dataset: "
+                          "and out:")
+    lines: dict[tuple[Any, ...], int] = {}
+    if root is not None:
+        _line_index(root, (), lines)
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        _raise_validation(exc, filename, lines)
+        raise  # unreachable: _raise_validation always raises
+    config._lines = lines
+    return config
+
+
+def load_run_config(path: str | Path, check_paths: bool = True) -> RunConfig:
+    """Read and validate a run config file. Relative paths resolve against the file's folder;
+    with ``check_paths`` a missing tokenizer, dataset or model config is an error."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: run config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the run config: {exc}") from None
+    config = parse_run_config(text, str(file))
+    lines = config._lines
+    base = file.resolve().parent
+    fields = ["tokenizer", "dataset", "out"] + (["model"] if config.preset is None else [])
+    resolved: dict[str, str] = {}
+    for name in fields:
+        value = Path(getattr(config, name)).expanduser()
+        value = value if value.is_absolute() else base / value
+        if check_paths and name != "out" and not value.exists():
+            what = (f"neither a preset ({', '.join(preset_names())}) nor an existing "
+                    "config.json or model folder" if name == "model" else "no such folder")
+            raise ConfigError(f"{file}:{lines.get((name,), 1)}: {name}: "
+                              f"{getattr(config, name)!r}: {what}")
+        resolved[name] = str(value.resolve())
+    out = config.model_copy(update=resolved)
+    out._lines = lines
+    return out
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A copy with flag values applied (``{"lr": 3e-4, "checkpoint.keep_last": 5}``), validated
+    as the file is; an error names the flag: ``--lr: Input should be greater than 0``."""
+    known = config.model_dump()
+    # only what the file set, so defaults and derived values are derived again
+    data = config.model_dump(exclude_unset=True)
+    for key, value in overrides.items():
+        path = key.replace("-", "_").split(".")
+        schema: Any = known
+        holder: Any = data
+        for part in path[:-1]:
+            if not isinstance(schema, dict) or not isinstance(schema.get(part), dict):
+                raise ConfigError(f"--{key}: unknown setting")
+            schema, holder = schema[part], holder.setdefault(part, {})
+        if not isinstance(schema, dict) or path[-1] not in schema:
+            raise ConfigError(f"--{key}: unknown setting")
+        holder[path[-1]] = value
+    try:
+        out = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc, message = tuple(error["loc"]), _message(dict(error))
+        found = _field_in_message(message) if not loc else None
+        if found is not None:
+            loc, message = found
+        flag = ".".join(str(p) for p in loc).replace("_", "-") or "config"
+        raise ConfigError(f"--{flag}: {message}") from None
+    out._lines = config._lines
+    return out
+
+
+# --- the pre-flight memory check -------------------------------------------------------------
+
+def tokenizer_vocab_size(tok_dir: str | Path) -> int:
+    """The vocabulary the model's embedding needs: every id the tokenizer can produce."""
+    from homellm.tokenizer import load_tokenizer
+
+    return load_tokenizer(tok_dir).get_vocab_size(with_added_tokens=True)
+
+
+def run_model_spec(config: RunConfig, vocab_size: int | None = None) -> ModelSpec:
+    """The ModelSpec of the run's model: a preset at the tokenizer's vocabulary, or the given
+    config.json (whose vocab_size must cover the tokenizer's)."""
+    vocab = vocab_size if vocab_size is not None else tokenizer_vocab_size(config.tokenizer)
+    if config.preset is not None:
+        return preset_spec(config.preset, vocab, max_position=config.max_seq_len,
+                           tie=config.tie_embeddings, **(
+                               {"rope_theta": config.rope_theta} if config.rope_theta else {}))
+    spec = model_spec_from_config(config.model)
+    if spec.vocab_size < vocab:
+        raise ConfigError(f"model: {config.model}: vocab_size {spec.vocab_size} is below the "
+                          f"tokenizer's {vocab}")
+    return spec
+
+
+def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
+                     vocab_size: int | None = None, spec: ModelSpec | None = None) -> MemoryPlan:
+    """Memory per GPU by component at the run's largest stage (the one needing most). Raises
+    ConfigError in one line when it will not fit, naming settings that would make it fit."""
+    if n_gpus < 1:
+        raise ConfigError(f"preflight: n_gpus must be 1 or more, got {n_gpus}")
+    spec = spec or run_model_spec(config, vocab_size)
+    ac = config.activation_checkpointing
+    plans: list[tuple[Stage, str, MemoryPlan]] = []
+    for stage in config.stages():
+        mb = stage.micro_batch or config.micro_batch
+        strategy = _strategy(config, spec, gpu_memory_gib, n_gpus, stage.seq_len, mb)
+        plan = memory_plan(spec, gpu_memory_gib, strategy=strategy, n_gpus=n_gpus,
+                           seq=stage.seq_len, micro_batch=mb, checkpointing=ac)
+        plans.append((stage, strategy, plan))
+    stage, strategy, worst = max(plans, key=lambda p: p[2].total.value - p[2].capacity.value)
+    if config.precision == "fp32":
+        worst.notes.append("estimated with bf16 activations; fp32 activations take twice that")
+    if worst.fits:
+        return worst
+    index = next(i for i, (s, _, _) in enumerate(plans) if s is stage)
+    where = f"curriculum stage {index} (seq_len {stage.seq_len}): " if config.curriculum else ""
+    mb_key = ("micro_batch" if not config.curriculum or config.curriculum[index].micro_batch
+              is None else f"curriculum.{index}.micro_batch")
+    seq_key = f"curriculum.{index}.seq_len" if config.curriculum else "seq_len"
+    fixes = _fixes(spec, gpu_memory_gib, n_gpus, stage.seq_len, strategy, worst, mb_key, seq_key)
+    raise ConfigError(f"{where}needs {worst.total.value:.1f} GiB per GPU > "
+                      f"{worst.capacity.value:.1f} GiB usable of {gpu_memory_gib:g} "
+                      f"({strategy}, {n_gpus} GPU{'s' if n_gpus > 1 else ''}): {fixes}")
+
+
+def _strategy(config: RunConfig, spec: ModelSpec, memory: float, n_gpus: int, seq: int,
+              micro_batch: int) -> str:
+    if n_gpus == 1:
+        return "single"
+    if config.strategy != "auto":
+        return config.strategy
+    chosen, _, _, _ = choose_layout(spec, memory, n_gpus=n_gpus, seq=seq, strategy="auto",
+                                    micro_batch=micro_batch,
+                                    checkpointing=config.activation_checkpointing)
+    return chosen
+
+
+def _fixes(spec: ModelSpec, memory: float, n_gpus: int, seq: int, strategy: str,
+           plan: MemoryPlan, mb_key: str, seq_key: str) -> str:
+    def fits(**changes: Any) -> bool:
+        args: dict[str, Any] = {"strategy": strategy, "n_gpus": n_gpus, "seq": seq,
+                                "micro_batch": plan.micro_batch,
+                                "checkpointing": plan.checkpointing, **changes}
+        return memory_plan(spec, memory, **args).fits
+
+    out = []
+    if not plan.checkpointing and fits(checkpointing=True):
+        out.append("activation_checkpointing: true")
+    best = int(plan.max_micro_batch.value)
+    if best >= 1:
+        out.append(f"{mb_key} ≤ {best}")
+    if n_gpus > 1 and strategy != "fsdp2":
+        if fits(strategy="fsdp2"):
+            out.append("strategy: fsdp2")
+        elif not plan.checkpointing and fits(strategy="fsdp2", checkpointing=True):
+            out.append("strategy: fsdp2 with activation_checkpointing: true")
+    if out:
+        return "set " + ", or ".join(out)
+    # no single change helps: checkpointing (and FSDP2 on several GPUs) together, then shorter
+    lean_strategy = "fsdp2" if n_gpus > 1 else strategy
+    lean = ["activation_checkpointing: true"] * (not plan.checkpointing)
+    lean += ["strategy: fsdp2"] * (lean_strategy != strategy)
+    lean_plan = memory_plan(spec, memory, strategy=lean_strategy, n_gpus=n_gpus, seq=seq,
+                            micro_batch=1, checkpointing=True)
+    if (k := int(lean_plan.max_micro_batch.value)) >= 1:
+        return f"set {', '.join([*lean, f'{mb_key} ≤ {k}'])}"
+    shorter = seq // 2
+    while shorter >= 16 and not fits(strategy=lean_strategy, seq=shorter, micro_batch=1,
+                                     checkpointing=True):
+        shorter //= 2
+    if shorter < 16:
+        return "the model does not fit at any length: use more GPUs or GPUs with more memory"
+    return (f"set {', '.join([*lean, f'{mb_key}: 1'])} and {seq_key} ≤ {shorter}, or use more "
+            "GPUs or GPUs with more memory")
