@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 
 from homellm.errors import ConfigError
+from homellm.train.presets import preset_config
 from homellm.train.runconfig import (
     RunConfig,
     apply_overrides,
+    describe_memory,
     load_run_config,
     parse_run_config,
     preflight_memory,
+    run_model_config,
+    run_model_spec,
 )
 
 BASE = """\
@@ -208,8 +212,8 @@ def test_preflight_refuses_what_cannot_fit() -> None:
     assert message.startswith("needs ") and "GiB per GPU > 88.3 GiB usable of 96" in message
     assert "activation_checkpointing: true" in message and "seq_len ≤ 65536" in message
     short = apply_overrides(config, {"seq_len": 8192, "micro_batch": 8})
-    with pytest.raises(ConfigError, match=r"set activation_checkpointing: true, or micro_batch "
-                                          r"≤ 1$"):
+    with pytest.raises(ConfigError, match=r"set activation_checkpointing: true, or micro_batch: "
+                                          r"1$"):
         preflight_memory(short, 96, 1, vocab_size=32000)
     with pytest.raises(ConfigError, match=r"\(ddp, 4 GPUs\): .*strategy: fsdp2"):
         preflight_memory(apply_overrides(short, {"strategy": "ddp"}), 24, 4, vocab_size=32000)
@@ -224,6 +228,9 @@ def test_preflight_accepts_what_fits() -> None:
     assert any("weights" in label for label in labels) and any("activations" in label
                                                                 for label in labels)
     assert plan.total.value == pytest.approx(sum(c.value for c in plan.components))
+    line = describe_memory(plan)
+    assert line.startswith("memory per GPU (single, micro_batch 4, checkpointing): ")
+    assert "weights (fp32) 11.23" in line and "\n" not in line
     multi = preflight_memory(apply_overrides(config, {"gpus": [0, 1, 2, 3]}), 96, 4,
                              vocab_size=32000)
     assert multi.strategy in ("ddp", "fsdp2") and multi.fits
@@ -241,3 +248,34 @@ def test_preflight_checks_the_hungriest_curriculum_stage() -> None:
     plan = preflight_memory(apply_overrides(config, {"activation_checkpointing": True}), 141, 1,
                             vocab_size=32000)
     assert plan.fits and plan.micro_batch == 1
+
+
+def _word_tokenizer(folder: Path, size: int) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    folder.mkdir()
+    vocab = {f"w{i}": i for i in range(size - 1)} | {"<unk>": size - 1}
+    Tokenizer(WordLevel(vocab, unk_token="<unk>")).save(str(folder / "tokenizer.json"))
+
+
+def test_model_from_preset_or_config_path(tmp_path: Path) -> None:
+    _word_tokenizer(tmp_path / "tok", 300)
+    (tmp_path / "shards").mkdir()
+    file = tmp_path / "run.yaml"
+    file.write_text(BASE.replace("125M", "tiny") + "rope_theta: 500000\nseq_len: 512\n"
+                    "tie_embeddings: false\n")
+    config = load_run_config(file)
+    built = run_model_config(config)
+    assert built.vocab_size == 300 and built.max_position_embeddings == 512
+    assert built.rope_parameters["rope_theta"] == 500000 and not built.tie_word_embeddings
+    assert run_model_spec(config).params.lm_head == 300 * 128
+    preset_config("tiny", 1000).save_pretrained(tmp_path / "mine")
+    file.write_text(BASE.replace("125M", "mine"))
+    from_path = load_run_config(file)
+    assert from_path.preset is None and run_model_config(from_path).vocab_size == 1000
+    assert run_model_spec(from_path).vocab_size == 1000
+    assert preflight_memory(from_path, 24, 1).fits
+    preset_config("tiny", 200).save_pretrained(tmp_path / "mine")
+    with pytest.raises(ConfigError, match="vocab_size 200 is below the tokenizer's 300"):
+        run_model_spec(from_path)

@@ -9,6 +9,7 @@ total lands near 760M at a 32,000 vocabulary.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from homellm.errors import ConfigError
@@ -17,7 +18,7 @@ from homellm.plan.models_catalog import TRAIN_PRESETS
 
 if TYPE_CHECKING:
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import PretrainedConfig, Qwen3Config, Qwen3ForCausalLM
 
 
 def _shape(h: int, layers: int, heads: int, kv: int, head_dim: int, ffn: int,
@@ -102,6 +103,49 @@ def config_spec(config: Qwen3Config | dict[str, Any], name: str = "") -> ModelSp
 
 def preset_spec(name: str, vocab_size: int, **kwargs: Any) -> ModelSpec:
     return config_spec(preset_config(name, vocab_size, **kwargs), name=f"homellm-{name}")
+
+
+def tokenizer_vocab_size(tok_dir: str | Path) -> int:
+    """The vocabulary the model's embedding needs: every id the tokenizer can produce."""
+    from homellm.tokenizer import load_tokenizer
+
+    return load_tokenizer(tok_dir).get_vocab_size(with_added_tokens=True)
+
+
+def model_config(model: str, vocab_size: int, *, max_position: int = DEFAULT_MAX_POSITION,
+                 rope_theta: float | None = None, tie: bool | None = None) -> PretrainedConfig:
+    """A preset at ``vocab_size`` (with ``rope_theta``, ``max_position`` and ``tie``), or the
+    config.json / model folder ``model`` names, as it is: its vocab_size must cover the
+    tokenizer's ``vocab_size``."""
+    from transformers import AutoConfig
+
+    if canonical_preset(model) is not None:
+        theta = {"rope_theta": rope_theta} if rope_theta else {}
+        return preset_config(model, vocab_size, max_position=max_position, tie=tie, **theta)
+    try:
+        loaded = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model: {model}: not a loadable model config "
+                          f"({str(exc).splitlines()[0]})") from None
+    _check_vocab(model, loaded.vocab_size, vocab_size)
+    return loaded
+
+
+def model_spec(model: str, vocab_size: int, **kwargs: Any) -> ModelSpec:
+    """The ModelSpec of what :func:`model_config` builds, without importing transformers for
+    a config path."""
+    if canonical_preset(model) is not None:
+        return config_spec(model_config(model, vocab_size, **kwargs),
+                           name=f"homellm-{canonical_preset(model)}")
+    spec = model_spec_from_config(model)
+    _check_vocab(model, spec.vocab_size, vocab_size)
+    return spec
+
+
+def _check_vocab(model: str, model_vocab: int, tokenizer_vocab: int) -> None:
+    if model_vocab < tokenizer_vocab:
+        raise ConfigError(f"model: {model}: vocab_size {model_vocab} is below the tokenizer's "
+                          f"{tokenizer_vocab}")
 
 
 def build_model(config: Qwen3Config, device: str | torch.device = "cpu",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,9 +22,18 @@ from pydantic import (
 
 from homellm.config import _line_index, _nearest_line
 from homellm.errors import ConfigError
-from homellm.modelspec import ModelSpec, model_spec_from_config
+from homellm.modelspec import ModelSpec
 from homellm.plan.train_memory import MemoryPlan, choose_layout, memory_plan
-from homellm.train.presets import canonical_preset, preset_names, preset_spec
+from homellm.train.presets import (
+    canonical_preset,
+    model_config,
+    model_spec,
+    preset_names,
+    tokenizer_vocab_size,
+)
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class _Strict(BaseModel):
@@ -324,26 +333,18 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 # --- the pre-flight memory check -------------------------------------------------------------
 
-def tokenizer_vocab_size(tok_dir: str | Path) -> int:
-    """The vocabulary the model's embedding needs: every id the tokenizer can produce."""
-    from homellm.tokenizer import load_tokenizer
-
-    return load_tokenizer(tok_dir).get_vocab_size(with_added_tokens=True)
+def run_model_config(config: RunConfig, vocab_size: int | None = None) -> PretrainedConfig:
+    """The transformers config the run builds (``vocab_size`` default: the tokenizer's)."""
+    vocab = vocab_size if vocab_size is not None else tokenizer_vocab_size(config.tokenizer)
+    return model_config(config.model, vocab, max_position=config.max_seq_len,
+                        rope_theta=config.rope_theta, tie=config.tie_embeddings)
 
 
 def run_model_spec(config: RunConfig, vocab_size: int | None = None) -> ModelSpec:
-    """The ModelSpec of the run's model: a preset at the tokenizer's vocabulary, or the given
-    config.json (whose vocab_size must cover the tokenizer's)."""
+    """The ModelSpec (parameter counts, memory facts) of the run's model."""
     vocab = vocab_size if vocab_size is not None else tokenizer_vocab_size(config.tokenizer)
-    if config.preset is not None:
-        return preset_spec(config.preset, vocab, max_position=config.max_seq_len,
-                           tie=config.tie_embeddings, **(
-                               {"rope_theta": config.rope_theta} if config.rope_theta else {}))
-    spec = model_spec_from_config(config.model)
-    if spec.vocab_size < vocab:
-        raise ConfigError(f"model: {config.model}: vocab_size {spec.vocab_size} is below the "
-                          f"tokenizer's {vocab}")
-    return spec
+    return model_spec(config.model, vocab, max_position=config.max_seq_len,
+                      rope_theta=config.rope_theta, tie=config.tie_embeddings)
 
 
 def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
@@ -377,6 +378,15 @@ def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
                       f"({strategy}, {n_gpus} GPU{'s' if n_gpus > 1 else ''}): {fixes}")
 
 
+def describe_memory(plan: MemoryPlan) -> str:
+    """One line for the start of a run: the estimate by component, largest first."""
+    parts = sorted(plan.components, key=lambda c: -c.value)
+    listed = ", ".join(f"{c.label} {c.value:.2f}" for c in parts if c.value >= 0.005)
+    return (f"memory per GPU ({plan.strategy}, micro_batch {plan.micro_batch}"
+            f"{', checkpointing' if plan.checkpointing else ''}): {plan.total.value:.1f} GiB of "
+            f"{plan.capacity.value:.1f} usable = {listed} GiB")
+
+
 def _strategy(config: RunConfig, spec: ModelSpec, memory: float, n_gpus: int, seq: int,
               micro_batch: int) -> str:
     if n_gpus == 1:
@@ -402,7 +412,7 @@ def _fixes(spec: ModelSpec, memory: float, n_gpus: int, seq: int, strategy: str,
         out.append("activation_checkpointing: true")
     best = int(plan.max_micro_batch.value)
     if best >= 1:
-        out.append(f"{mb_key} ≤ {best}")
+        out.append(f"{mb_key}: 1" if best == 1 else f"{mb_key} ≤ {best}")
     if n_gpus > 1 and strategy != "fsdp2":
         if fits(strategy="fsdp2"):
             out.append("strategy: fsdp2")
