@@ -140,6 +140,10 @@ def test_curriculum() -> None:
     assert [s.micro_batch for s in stages] == [8, 2, 1]
     assert [s.rope_theta for s in stages] == [None, 1_000_000, None]
     assert stages[0].mix == {"books": 0.5, "dialogues": 0.5}
+    assert config.seq_len == 2048
+    short = CURRICULUM.replace("    tokens: 200000000", "    tokens: 0.2B")
+    assert parse_run_config(short, "r.yaml").token_budget == config.token_budget
+    assert apply_overrides(config, {"micro_batch": 4}).stages()[0].micro_batch == 4
 
 
 @pytest.mark.parametrize(("change", "expected"), [

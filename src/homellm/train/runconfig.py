@@ -166,6 +166,8 @@ class RunConfig(_Strict):
             if "seq_len" in self.model_fields_set:
                 raise ValueError("seq_len: the curriculum's stages set the lengths; "
                                  "leave seq_len out")
+            # so code that reads seq_len at the start sees the length the run starts with
+            object.__setattr__(self, "seq_len", self.curriculum[0].seq_len)
         elif self.max_steps is None and self.tokens is None:
             raise ValueError("max_steps: set max_steps or tokens (the token budget)")
         elif self.max_steps is not None and self.tokens is not None:
