@@ -139,3 +139,12 @@ def test_shape_errors(bad: str) -> None:
              "chunk_tokens": 0}
     with pytest.raises(ValueError):
         chunked_cross_entropy(**{**args, bad: wrong[bad]})
+
+
+def test_fp32_logits_under_bf16_autocast() -> None:
+    hidden, weight, targets, _ = _inputs(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_sum, _ = chunked_cross_entropy(hidden, weight, targets, chunk_tokens=32)
+    ref = F.cross_entropy((hidden @ weight.T).reshape(-1, V), targets.reshape(-1),
+                          reduction="sum")
+    torch.testing.assert_close(loss_sum, ref, rtol=1e-5, atol=1e-5)
