@@ -196,23 +196,32 @@ async def wait_for_signal() -> int:
             loop.remove_signal_handler(sig)
 
 
-def cancel_on_sigterm() -> list[int]:
-    """SIGTERM while starting cancels the start (which stops the engines), like Ctrl-C does.
+class StopSignals:
+    """SIGINT and SIGTERM handled from before the first engine starts to the end of ``up``.
 
-    Returns a list that holds the signal once it came, so the caller can tell this
-    cancellation, a requested stop, from any other.
+    While starting, a signal cancels the start (which stops whatever began); once serving, it
+    ends the wait. Installing both before the gateway listens leaves no moment in which a
+    signal finds Python's default handler (a KeyboardInterrupt and exit 130 after a clean start).
     """
-    received: list[int] = []
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
 
-    def on_sigterm() -> None:
-        received.append(signal.SIGTERM)
-        if task is not None:
-            task.cancel()
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.received: asyncio.Future[int] = self.loop.create_future()
+        self.serving = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    return received
+    def _on_signal(self, sig: int) -> None:
+        if self.received.done():
+            return
+        self.received.set_result(sig)
+        if not self.serving and self.task is not None:
+            self.task.cancel()
+
+    def close(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.remove_signal_handler(sig)
 
 
 def enable_reload(running: Running, stack_file: Path, console: Console) -> None:
@@ -243,26 +252,30 @@ def enable_reload(running: Running, stack_file: Path, console: Console) -> None:
 async def serve_stack(stack: StackConfig, run_dir: Path, console: Console,
                       stack_file: Path | None = None) -> int:
     """``homellm up``: start the stack, print where it answers, serve until a signal."""
-    early_stop = cancel_on_sigterm()
+    stop = StopSignals()
 
     def on_event(replica: str, event: str, detail: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {replica}: {event} {detail}")
 
     try:
         async with running_stack(stack, run_dir, on_event, console.print) as running:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            stop.serving = True
             if stack_file is not None:
                 enable_reload(running, stack_file, console)
             console.print(f"gateway {running.url}/v1 serving "
                           f"{', '.join(stack.models)}; logs in {run_dir / 'logs'}; Ctrl-C stops")
-            received = await wait_for_signal()
+            received = await stop.received
             console.print(f"{signal.Signals(received).name}: stopping engines")
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if not early_stop or task is None:
+        if not stop.received.done() or task is None:
             raise
-        task.uncancel()  # our own SIGTERM: a requested stop, and everything is stopped
-        console.print("SIGTERM while starting: engines stopped")
+        task.uncancel()  # our own signal: a requested stop, and everything is stopped
+        name = signal.Signals(stop.received.result()).name
+        console.print(f"{name} while starting: engines stopped")
+        return 130 if stop.received.result() == signal.SIGINT else 0
+    finally:
+        stop.close()
     return 0
 
 

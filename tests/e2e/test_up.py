@@ -203,7 +203,9 @@ def test_sigterm_and_ctrl_c_stop_everything_and_sigkill_leaves_no_engine(demo_mo
     stop_up(process)
 
 
-def test_sigterm_while_engines_start_is_a_clean_stop(demo_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_while_engines_start_is_a_clean_stop(demo_model: Path, tmp_path: Path,
+                                                      sig: signal.Signals, code: int) -> None:
     stack = write_stack(tmp_path / "homellm.yaml", demo_model, free_port(), [free_port()])
     run_dir, log = tmp_path / "run", tmp_path / "up.log"
     process = start_up(stack, run_dir, log)
@@ -211,8 +213,8 @@ def test_sigterm_while_engines_start_is_a_clean_stop(demo_model: Path, tmp_path:
     while "started pid=" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "ready" not in log.read_text().split("started pid=")[-1]  # still starting
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0, log.read_text()
-    assert "SIGTERM while starting: engines stopped" in log.read_text()
+    process.send_signal(sig)
+    assert process.wait(30) == code, log.read_text()  # Ctrl-C keeps its conventional 130
+    assert f"{sig.name} while starting: engines stopped" in log.read_text()
     assert "Traceback" not in log.read_text()
     assert engine_pids(run_dir) == {}
