@@ -202,8 +202,10 @@ def _field_path_from_message(message: str) -> tuple[Any, ...] | None:
     return tuple(int(p) if p.isdigit() else p for p in head.split("."))
 
 
-def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
-    """Validate stack-file text; raise ConfigError 'FILE:LINE: field: what was expected'."""
+def read_yaml_mapping(text: str, filename: str, expected: str
+                      ) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
+    """YAML text → (mapping, line of every key path); one-line ConfigError for a syntax error
+    or for a document that is not a mapping (``expected`` says what it should hold)."""
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -213,10 +215,16 @@ def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{filename}:1: expected a mapping with a 'models:' section")
+        raise ConfigError(f"{filename}:1: expected a mapping with {expected}")
     lines: dict[tuple[Any, ...], int] = {}
     if root is not None:
         _line_index(root, (), lines)
+    return data, lines
+
+
+def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
+    """Validate stack-file text; raise ConfigError 'FILE:LINE: field: what was expected'."""
+    data, lines = read_yaml_mapping(text, filename, "a 'models:' section")
     try:
         return StackConfig.model_validate(data)
     except ValidationError as exc:

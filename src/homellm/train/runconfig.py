@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from homellm.config import _line_index, _nearest_line
+from homellm.config import _nearest_line, read_yaml_mapping
 from homellm.errors import ConfigError
 from homellm.modelspec import ModelSpec
 from homellm.plan.train_memory import MemoryPlan, choose_layout, memory_plan
@@ -250,20 +249,8 @@ def _raise_validation(exc: ValidationError, filename: str,
 
 def parse_run_config(text: str, filename: str = "run.yaml") -> RunConfig:
     """Validate run config text; raise ConfigError ``FILE:LINE: field: what was expected``."""
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{filename}:1: expected a mapping with model:, tokenizer:, dataset: "
-                          "and out:")
-    lines: dict[tuple[Any, ...], int] = {}
-    if root is not None:
-        _line_index(root, (), lines)
+    data, lines = read_yaml_mapping(text, filename,
+                                    "model:, tokenizer:, dataset: and out:")
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
