@@ -21,18 +21,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the reference table lives with the tests that enforce it
 
-from tests.plan import serve_specs  # noqa: E402
 from tests.plan.reference_measurements import (  # noqa: E402
     MEMORY_ROWS,
     MEMORY_TOLERANCE,
     SPEED_ROWS,
     SPEED_TOLERANCE,
+    predict_memory,
+    predict_speed,
 )
 
 from homellm.hardware import find_gpu  # noqa: E402
 from homellm.plan.models_catalog import train_preset_spec  # noqa: E402
-from homellm.plan.serve_memory import plan_memory  # noqa: E402
-from homellm.plan.serve_speed import closed_loop  # noqa: E402
 from homellm.plan.train import plan_train  # noqa: E402
 
 # the advice (MISSION.md) and 6·N·D at 40 % MFU (plan-facts §5, attention included)
@@ -43,18 +42,12 @@ TRAIN_ROWS = [("125M", 1024, "1.5–2 h", (10.3, 14.2)), ("355M", 1024, "4–6 h
 def rows() -> list[dict[str, Any]]:
     out = []
     for row in MEMORY_ROWS:
-        model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
-        figures = plan_memory(model, gpu, tp=row["tp"], context=model.max_position_embeddings,
-                              **row["settings"]).figures
+        figures = predict_memory(row)
         for name, published in row["published"].items():
             out.append(_row(row, name, float(figures[name].value), published, "GiB",
                             MEMORY_TOLERANCE, name in row.get("unpredicted", ())))
     for row in SPEED_ROWS:
-        model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
-        f = closed_loop(model, gpu, prompt=row["prompt"], output=row["output"],
-                        concurrency=row["concurrency"], chunk=row["chunk"])
-        predicted = {"output_tok_s": f["output_tok_s"].value, "tpot_ms": f["decode.tpot"].value,
-                     "ttft_ms": f["ttft"].value}
+        predicted = predict_speed(row)
         for name, published in row["published"].items():
             unit = "tok/s" if name == "output_tok_s" else "ms"
             out.append(_row(row, name, float(predicted[name]), published, unit,

@@ -3,6 +3,8 @@ the setting needed to predict it. Tolerances: memory within 10 %, speed within 3
 
 from __future__ import annotations
 
+from typing import Any
+
 MEMORY_TOLERANCE = 0.10
 SPEED_TOLERANCE = 0.30
 
@@ -64,3 +66,25 @@ SPEED_ROWS = [
         "published": {"tpot_ms": 9.9, "ttft_ms": 81.0},
     },
 ]
+
+
+def predict_memory(row: dict[str, Any]) -> dict[str, Any]:
+    """The serve planner's memory figures for one MEMORY_ROWS row (by figure name)."""
+    from homellm.plan.serve_memory import plan_memory
+    from tests.plan import serve_specs
+
+    model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
+    return plan_memory(model, gpu, tp=row["tp"], context=model.max_position_embeddings,
+                       **row["settings"]).figures
+
+
+def predict_speed(row: dict[str, Any]) -> dict[str, float]:
+    """The planner's prediction of one SPEED_ROWS ``vllm bench serve`` run."""
+    from homellm.plan.serve_speed import closed_loop
+    from tests.plan import serve_specs
+
+    model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
+    f = closed_loop(model, gpu, prompt=row["prompt"], output=row["output"],
+                    concurrency=row["concurrency"], chunk=row["chunk"])
+    return {"output_tok_s": float(f["output_tok_s"].value),
+            "tpot_ms": float(f["decode.tpot"].value), "ttft_ms": float(f["ttft"].value)}

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from homellm.plan.serve_memory import plan_memory
-from homellm.plan.serve_speed import closed_loop
-from tests.plan import serve_specs
 from tests.plan.reference_measurements import (
     MEMORY_ROWS,
     MEMORY_TOLERANCE,
     SPEED_ROWS,
     SPEED_TOLERANCE,
+    predict_memory,
+    predict_speed,
 )
 
 
@@ -22,11 +21,7 @@ def _close(predicted: float, published: float, tol: float) -> bool:
 
 @pytest.mark.parametrize("row", MEMORY_ROWS, ids=[r["id"] for r in MEMORY_ROWS])
 def test_memory_rows(row: dict) -> None:
-    model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
-    settings = dict(row["settings"])
-    mem = plan_memory(model, gpu, tp=row["tp"], context=model.max_position_embeddings,
-                      **settings)
-    figures = mem.figures
+    figures = predict_memory(row)
     skipped = set(row.get("unpredicted", ()))
     for name, published in row["published"].items():
         if name in skipped:
@@ -43,11 +38,7 @@ def test_memory_rows(row: dict) -> None:
 
 @pytest.mark.parametrize("row", SPEED_ROWS, ids=[r["id"] for r in SPEED_ROWS])
 def test_speed_rows(row: dict) -> None:
-    model, gpu = getattr(serve_specs, row["model"]), getattr(serve_specs, row["gpu"])
-    f = closed_loop(model, gpu, prompt=row["prompt"], output=row["output"],
-                    concurrency=row["concurrency"], chunk=row["chunk"])
-    predicted = {"output_tok_s": f["output_tok_s"].value, "tpot_ms": f["decode.tpot"].value,
-                 "ttft_ms": f["ttft"].value}
+    predicted = predict_speed(row)
     for name, published in row["published"].items():
         got = float(predicted[name])
         assert _close(got, published, SPEED_TOLERANCE), (row["id"], name, got, published)
