@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from homellm.cliutil import fail
 from homellm.errors import HomellmError
 
 data_app = typer.Typer(help="Your books and dialogue dumps → clean splits → token shards.",
@@ -19,9 +20,6 @@ data_app = typer.Typer(help="Your books and dialogue dumps → clean splits → 
 Opt = typer.Option
 
 
-def _fail(console: Console, exc: HomellmError) -> typer.Exit:
-    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(exc.exit_code)
 
 
 def byte_progress(console: Console, label: str) -> Any:
@@ -89,10 +87,10 @@ def ingest(
         with progress:
             manifest = run_ingest(sources, out, options, hook)
     except ValueError:
-        raise _fail(console, ConfigError(f"--split {split!r}: three numbers like 0.8,0.1,0.1")
+        raise fail(console, ConfigError(f"--split {split!r}: three numbers like 0.8,0.1,0.1")
                     ) from None
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     except KeyboardInterrupt:
         console.print("interrupted: finished inputs are kept; run the same command to resume")
         raise typer.Exit(130) from None
@@ -134,7 +132,7 @@ def inspect(
     try:
         tables = inspect_dump(source, samples, skip_bad=skip_bad)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps([{"name": t.name, "columns": list(t.columns), "rows": t.row_count,
                            "samples": [[_short(v) for v in row] for row in t.sample_rows]}
@@ -199,7 +197,7 @@ def tokenize(
             folder = tokenize_dataset(DatasetLayout(dataset), tokenizer,
                                       shard_tokens=shard_tokens, progress=hook)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     except KeyboardInterrupt:
         console.print("interrupted: finished shards are kept; run the same command to resume")
         raise typer.Exit(130) from None
@@ -237,7 +235,7 @@ def tokenizer_train(
                                      sample_bytes=sample_mb * 1024 * 1024, seed=seed,
                                      progress=hook)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     console.print(f"tokenizer {tokenizer_id(folder)} in {folder}", highlight=False)
 
 
@@ -261,7 +259,7 @@ def tokenizer_report_command(
             names[name if name not in names else str(folder)] = folder
         report = tokenizer_report(dataset, names, split=split)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     else:
@@ -283,7 +281,7 @@ def report(
         figures, lengths = build_report(dataset)
         written = write_report(dataset, figures, lengths, html=html)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps(figures, indent=1, ensure_ascii=False))
         return

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from homellm.cliutil import fail
 from homellm.errors import HomellmError
 
 plan_app = typer.Typer(help="What fits on which GPUs, which layout, how fast, how long and how "
@@ -26,9 +27,6 @@ ExplainOpt = Annotated[bool, Opt("--explain", help="every figure with its formul
 JsonOpt = Annotated[bool, Opt("--json", help="the plan as JSON")]
 
 
-def _fail(console: Console, exc: HomellmError) -> typer.Exit:
-    console.print(f"[red]error:[/] {exc}", highlight=False)
-    return typer.Exit(exc.exit_code)
 
 
 def _efficiency(gpus: list[Any], engine: str, kind: str) -> tuple[dict[str, float], list[str]]:
@@ -76,7 +74,7 @@ def serve(
             write_stack(write, plan, source=model,
                         mode="active-standby" if standby else "active-active")
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps({**plan.to_json(), "calibration": cited}, indent=1))
         return
@@ -168,7 +166,7 @@ def train(
                           electricity_usd_kwh=electricity, purchase_usd=purchase_usd,
                           cloud_gpus=cloud_gpus)
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps({**plan.to_json(), "calibration": cited}, indent=1))
         return
@@ -269,7 +267,7 @@ def calibrate(
         saved = store.save()
         _, cited = store.factors_for(device.key, engine, "serve")
     except HomellmError as exc:
-        raise _fail(console, exc) from None
+        raise fail(console, exc) from None
     if json_output:
         print(json.dumps({"stored": str(saved), "fits": [vars(f) for f in fits],
                           "now": cited}, indent=1))
