@@ -110,3 +110,119 @@ def test_a_truncated_or_corrupt_shard_is_named(folder: Path, tmp_path: Path) -> 
         ShardSet.open(copy, "val")
     with pytest.raises(ShardError, match=r"no manifest\.json"):
         ShardSet.open(tmp_path, "train")
+
+
+def _window_kinds(shards: ShardSet, seq_len: int, n_windows: int) -> list[str]:
+    """Each window's source kind, found by counting <|endoftext|> before its first target
+    (every document ends with exactly one)."""
+    tokens = shards.tokens(0, len(shards))
+    before = np.concatenate([[0], np.cumsum(tokens == shards.eot_id)])
+    docs = before[np.arange(n_windows) * seq_len + 1]
+    return [shards.sources[i]["kind"] for i in shards.doc_sources[docs].tolist()]
+
+
+def test_sources_of_documents_and_windows(folder: Path) -> None:
+    shards = ShardSet.open(folder, "train")
+    assert sorted(s["name"] for s in shards.sources) == ["book0.txt", "book1.txt", "chats.sql"]
+    assert len(shards.doc_sources) == len(shards.doc_start_offsets)
+    assert sum(shards.source_tokens.values()) == len(shards)
+    loader = WindowLoader(shards, seq_len=16, batch_size=4)
+    kinds = _window_kinds(shards, 16, loader.n_windows)
+    assert [shards.sources[i]["kind"] for i in loader.window_sources] == kinds
+    assert {loader.window_source(w)["kind"] for w in range(loader.n_windows)} == {
+        "books", "dialogues"}
+    batch = loader.next_batch()
+    assert [shards.sources[i]["kind"] for i in batch.sources] == [
+        kinds[w] for w in batch.windows]
+
+
+def test_mix_of_books_only_serves_book_windows_once_per_group_epoch(folder: Path) -> None:
+    shards = ShardSet.open(folder, "train")
+    loader = WindowLoader(shards, 16, 4, seed=3, mix={"books": 1, "dialogues": 0})
+    kinds = _window_kinds(shards, 16, loader.n_windows)
+    books = {w for w, kind in enumerate(kinds) if kind == "books"}
+    per_epoch = len(books) // 4 * 4
+    batches = [loader.next_batch() for _ in range(2 * per_epoch // 4 + 3)]
+    windows = np.concatenate([b.windows for b in batches]).tolist()
+    assert {kinds[w] for w in windows} == {"books"}
+    assert all(shards.sources[i]["kind"] == "books" for b in batches for i in b.sources)
+    first, second = windows[:per_epoch], windows[per_epoch:2 * per_epoch]
+    assert len(set(first)) == len(set(second)) == per_epoch and set(first) <= books
+    assert first != second  # the next epoch of the group is reshuffled
+    row = batches[5].windows[0] * 16
+    assert np.array_equal(batches[5].tokens[0], shards.tokens(row, row + 17))
+    assert np.array_equal(batches[5].mask[0], shards.mask(row, row + 17))
+
+
+def test_mix_weights_set_the_shares(folder: Path) -> None:
+    shards = ShardSet.open(folder, "train")
+    for mix, key, share in (({"books": 0.5, "dialogues": 0.5}, "books", 0.5),
+                            ({"books": 0.8, "chats.sql": 0.2}, "books", 0.8)):
+        loader = WindowLoader(shards, 16, 4, seed=11, mix=mix)
+        kinds = _window_kinds(shards, 16, loader.n_windows)
+        windows = np.concatenate([loader.next_batch().windows for _ in range(500)])
+        served = sum(kinds[w] == key for w in windows.tolist()) / len(windows)
+        assert abs(served - share) < 0.04, (mix, served)
+
+
+def test_mix_resume_and_ranks(folder: Path) -> None:
+    shards = ShardSet.open(folder, "train")
+    mix = {"books": 0.7, "dialogues": 0.3}
+    first = WindowLoader(shards, 16, 3, seed=5, mix=mix)
+    for _ in range(120):  # into both groups' second epoch
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["step"] == 120 and all(e >= 1 and at > 0 for e, at in state["cursors"])
+    expected = [first.next_batch() for _ in range(8)]
+    second = WindowLoader(shards, 16, 3, seed=5, mix=mix)
+    second.load_state_dict(state)
+    for batch in expected:
+        got = second.next_batch()
+        assert np.array_equal(got.windows, batch.windows)
+        assert np.array_equal(got.tokens, batch.tokens)
+        assert np.array_equal(got.sources, batch.sources)
+    with pytest.raises(ShardError, match="mix"):
+        WindowLoader(shards, 16, 3, seed=5).load_state_dict(state)
+    with pytest.raises(ShardError, match="mix"):
+        WindowLoader(shards, 16, 3, seed=5, mix={"books": 1}).load_state_dict(state)
+    ranks = [WindowLoader(shards, 16, 4, seed=5, rank=r, world_size=2, mix=mix) for r in (0, 1)]
+    whole = WindowLoader(shards, 16, 8, seed=5, mix=mix)
+    for _ in range(60):
+        a, b = (set(loader.next_batch().windows.tolist()) for loader in ranks)
+        assert len(a) == len(b) == 4 and not a & b
+        assert a | b == set(whole.next_batch().windows.tolist())
+
+
+def test_mix_keys_are_checked(folder: Path) -> None:
+    shards = ShardSet.open(folder, "train")
+    with pytest.raises(ShardError, match=r"'poetry'.*books, dialogues.*book0\.txt"):
+        WindowLoader(shards, 16, 4, mix={"books": 1, "poetry": 1})
+    with pytest.raises(ShardError, match=r"keys 'book0\.txt' and 'books'"):
+        WindowLoader(shards, 16, 4, mix={"books": 1, "book0.txt": 1})
+    with pytest.raises(ShardError, match="weight 0"):
+        WindowLoader(shards, 16, 4, mix={"books": 0})
+    with pytest.raises(ShardError, match="fewer than one step"):
+        WindowLoader(shards, 16, 100, mix={"dialogues": 1})
+
+
+def test_an_older_format_or_a_bad_source_file_is_refused(folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "tokens"
+    shutil.copytree(folder, copy)
+    src = copy / "train-00001.src"
+    data = src.read_bytes()
+    src.write_bytes(data[:-4])
+    with pytest.raises(ShardError, match=r"train-00001\.src: .* bytes, manifest says"):
+        ShardSet.open(copy, "train")
+    src.unlink()
+    with pytest.raises(ShardError, match=r"train-00001\.src: missing"):
+        ShardSet.open(copy, "train")
+    src.write_bytes(np.full(len(data) // 4, 7, np.uint32).tobytes())
+    with pytest.raises(ShardError, match=r"train-00001\.src: a source index past"):
+        ShardSet.open(copy, "train")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["format"] = "homellm-shards-v1"
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="re-run `homellm data tokenize`"):
+        ShardSet.open(copy, "val")

@@ -43,10 +43,39 @@ def test_report_counts_pictures_and_html(tmp_path: Path) -> None:
     book_letters = sum(ch.isalpha() for ch in "Слово было у Бога. " * 20)
     assert train["cyrillic_share"] == (book_letters + 6) / (book_letters + 6 + 10)
     assert report["splits"]["test"]["records"] == 0
+    assert report["tokens"] == report["source_tokens"] == {}  # no shards yet
+    assert train["by_source"]["book.fb2"]["tokens"] == {}
     assert report["mojibake_lines_repaired"] == 3 and report["encodings"] == {"cp1251": 1}
     html = (layout.report / "report.html").read_text("utf-8")
     assert html.count("data:image/png;base64,") == 3  # a histogram per split (test: "no data")
     assert (layout.report / "lengths-train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_tokens_per_split_and_source(tmp_path: Path) -> None:
+    from homellm.data.shards import tokenize_dataset
+    from homellm.tokenizer import load_tokenizer, train_tokenizer
+
+    layout = write_dataset(tmp_path / "ds")
+    tok_dir = train_tokenizer(layout, tmp_path / "tok", vocab_size=300)
+    folder = tokenize_dataset(layout, tok_dir)
+    done = subprocess.run([sys.executable, "-m", "homellm.cli", "data", "report",
+                           str(layout.root), "--json"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    report, tok_id = json.loads(done.stdout), folder.name
+    tok = load_tokenizer(tok_dir)
+    book = len(tok.encode("Слово было у Бога. " * 20, add_special_tokens=False).ids) + 1
+    total = report["tokens"][tok_id]["train"]
+    train = report["source_tokens"][tok_id]["train"]
+    assert train == {"/x/book.fb2": book, "/x/chats.sql": total - book} and total - book > 5
+    by_source = report["splits"]["train"]["by_source"]
+    assert by_source["book.fb2"]["tokens"] == {tok_id: book}
+    assert by_source["chats.sql"]["tokens"] == {tok_id: total - book}
+    val = report["splits"]["val"]["by_source"]["book.fb2"]
+    assert val["tokens"][tok_id] == report["tokens"][tok_id]["val"]
+    assert report["source_tokens"][tok_id]["test"] == {}
+    html = (layout.report / "report.html").read_text("utf-8")
+    assert f"tokens ({tok_id})" in html and f"<td class=\"n\">{book}</td></tr>" in html
 
 
 def test_report_without_splits_is_one_line(tmp_path: Path) -> None:

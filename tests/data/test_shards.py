@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from homellm.data.layout import DatasetLayout
 from homellm.data.records import Conversation, Document, Record, Turn
-from homellm.data.shards import MANIFEST, ShardError, token_dtype, tokenize_dataset
+from homellm.data.shards import FORMAT, MANIFEST, ShardError, token_dtype, tokenize_dataset
 from homellm.tokenizer import EOT, IM_END, load_tokenizer, render_conversation, train_tokenizer
 from tests.data.tokcorpus import write_dataset
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,23 @@ def _split_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.
     return np.concatenate(tokens), np.concatenate(masks), np.concatenate(starts)
 
 
+def _sources(folder: Path, split: str) -> np.ndarray:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return np.concatenate([np.fromfile(folder / f"{split}-{e['index']:05d}.src", np.uint32)
+                           for e in manifest["splits"][split]["shards"]])
+
+
+def _count(tok: Tokenizer, record: Record) -> int:
+    """Tokens of a rendered record, from its texts encoded one by one as the chat template
+    lays them out: <|im_start|>role\n text <|im_end|>\n per turn, then <|endoftext|>."""
+    def n(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    if isinstance(record, Document):
+        return n(record.text) + 1
+    return sum(1 + n(t.role + "\n") + n(t.text) + 1 + n("\n") for t in record.turns) + 1
+
+
 def test_round_trip_mask_and_document_index(corpus, tmp_path: Path) -> None:
     layout = _copy(corpus, tmp_path)
     records, tok_dir = corpus[1], corpus[2]
@@ -79,6 +101,31 @@ def test_round_trip_mask_and_document_index(corpus, tmp_path: Path) -> None:
                 assert mask[b - 1] == 0 and mask[a] == 0  # <|endoftext|>, <|im_start|>
 
 
+def test_each_document_records_its_source(corpus, tmp_path: Path) -> None:
+    layout = _copy(corpus, tmp_path)
+    records, tok_dir = corpus[1], corpus[2]
+    folder = tokenize_dataset(layout, tok_dir, shard_tokens=300)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    sources = manifest["sources"]
+    assert sorted((s["name"], s["kind"]) for s in sources) == [
+        ("book0.txt", "books"), ("book1.txt", "books"), ("chats.sql", "dialogues")]
+    tok = load_tokenizer(tok_dir)
+    tok.encode_special_tokens = True
+    for split, items in records.items():
+        state = manifest["splits"][split]
+        src = _sources(folder, split)
+        assert [sources[i]["name"] for i in src] == [r.source for r in items]
+        assert [sources[i]["kind"] for i in src] == [
+            "dialogues" if isinstance(r, Conversation) else "books" for r in items]
+        expected: Counter[str] = Counter()
+        for record in items:
+            expected[record.source] += _count(tok, record)
+        assert state["sources"] == dict(expected)
+        assert sum(state["sources"].values()) == state["tokens"] > 3 * 300
+        for entry in state["shards"]:  # records continue across shards: counted where they lie
+            assert sum(entry["sources"].values()) == entry["tokens"]
+
+
 def test_resume_redoes_only_a_missing_shard(corpus, tmp_path: Path) -> None:
     layout = _copy(corpus, tmp_path)
     folder = tokenize_dataset(layout, corpus[2], shard_tokens=500)
@@ -90,12 +137,26 @@ def test_resume_redoes_only_a_missing_shard(corpus, tmp_path: Path) -> None:
     del shards[1]
     manifest["splits"]["train"]["complete"] = False
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    for kind in ("bin", "mask", "docs"):
+    for kind in ("bin", "mask", "docs", "src"):
         (folder / f"train-00001.{kind}").unlink()
     tokenize_dataset(layout, corpus[2], shard_tokens=500)
     changed = {p.name for p in folder.glob("*-*.*") if p.stat().st_mtime_ns != stamps[p.name]}
-    assert changed == {"train-00001.bin", "train-00001.mask", "train-00001.docs"}
+    assert changed == {f"train-00001.{kind}" for kind in ("bin", "mask", "docs", "src")}
     assert json.loads((folder / MANIFEST).read_text()) == manifest_before
+    # a shard whose .src has the wrong size is redone, its entry kept
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*-*.*")}
+    src = folder / "val-00002.src"
+    src.write_bytes(src.read_bytes()[:-4])
+    tokenize_dataset(layout, corpus[2], shard_tokens=500)
+    changed = {p.name for p in folder.glob("*-*.*") if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {f"val-00002.{kind}" for kind in ("bin", "mask", "docs", "src")}
+    assert json.loads((folder / MANIFEST).read_text()) == manifest_before
+    # shards of an older format (no .src) are all rebuilt
+    manifest_before["format"] = "homellm-shards-v1"
+    (folder / MANIFEST).write_text(json.dumps(manifest_before))
+    tokenize_dataset(layout, corpus[2], shard_tokens=500)
+    assert json.loads((folder / MANIFEST).read_text())["format"] == FORMAT
+    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in folder.glob("*-*.*"))
 
 
 def test_a_changed_split_is_rebuilt_and_stale_shards_removed(corpus, tmp_path: Path) -> None:

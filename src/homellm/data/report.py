@@ -1,9 +1,11 @@
 """``homellm data report``: what is in a dataset folder, as numbers, PNGs and one HTML page.
 
-Per split and source: documents or conversations, characters, tokens (when shards exist),
-length histograms; the share of Cyrillic and Latin letters; duplicates removed and items
-scrubbed (from ``splits/stats.json``); encodings seen and mojibake lines repaired (from the
-manifest); a few samples. Everything is computed by reading the split files once.
+Per split and source: documents or conversations, characters, tokens (per tokenizer whose
+shards are under ``tokens/``, per source from the shard manifest), length histograms; the
+share of Cyrillic and Latin letters; duplicates removed and items scrubbed (from
+``splits/stats.json``); encodings seen and mojibake lines repaired (from the manifest); a few
+samples. Everything is computed by reading the split files once. Sources are keyed by file
+name (a database by its URL's last part), tokens summed over sources that share one.
 """
 
 from __future__ import annotations
@@ -80,14 +82,23 @@ def summarize(layout: DatasetLayout) -> dict[str, SplitSummary]:
     return summaries
 
 
-def _tokens(layout: DatasetLayout) -> dict[str, dict[str, int]]:
-    """Tokens per split for every tokenizer the dataset has shards of."""
-    out: dict[str, dict[str, int]] = {}
+def _tokens(layout: DatasetLayout
+            ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]]]:
+    """For every tokenizer the dataset has shards of: tokens per split, and per split and
+    source name (shards written before per-source counts existed have none)."""
+    totals: dict[str, dict[str, int]] = {}
+    by_source: dict[str, dict[str, dict[str, int]]] = {}
     for manifest in sorted((layout.root / "tokens").glob("*/manifest.json")):
-        data = json.loads(manifest.read_text("utf-8"))
-        out[manifest.parent.name] = {split: int(info.get("tokens", 0))
-                                     for split, info in data.get("splits", {}).items()}
-    return out
+        try:
+            data = json.loads(manifest.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{manifest}: unreadable ({exc}); re-run `homellm data "
+                              "tokenize`") from None
+        tok_id, splits = manifest.parent.name, data.get("splits", {})
+        totals[tok_id] = {split: int(info.get("tokens", 0)) for split, info in splits.items()}
+        by_source[tok_id] = {split: {name: int(n) for name, n in info["sources"].items()}
+                             for split, info in splits.items() if "sources" in info}
+    return totals, by_source
 
 
 def build_report(root: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
@@ -103,18 +114,27 @@ def build_report(root: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
         encodings.update(entry.get("encodings", {}))
         repaired += int(entry.get("repaired", 0))
         skipped += int(entry.get("skipped", 0))
+    tokens, source_tokens = _tokens(layout)
     splits = {}
     for split, s in summaries.items():
         letters = s.cyrillic + s.latin
+        by_source: dict[str, dict[str, Any]] = {
+            src: {"records": n, "chars": s.chars[src], "tokens": {}}
+            for src, n in sorted(s.records.items())}
+        for tok_id, per_split in source_tokens.items():
+            for name, count in per_split.get(split, {}).items():
+                entry = by_source.setdefault(Path(name).name,
+                                             {"records": 0, "chars": 0, "tokens": {}})
+                entry["tokens"][tok_id] = entry["tokens"].get(tok_id, 0) + count
         splits[split] = {
             "records": sum(s.records.values()), "chars": sum(s.chars.values()),
-            "kinds": dict(s.kinds), "by_source": {src: {"records": n, "chars": s.chars[src]}
-                                                  for src, n in sorted(s.records.items())},
+            "kinds": dict(s.kinds), "by_source": by_source,
             "cyrillic_share": s.cyrillic / letters if letters else None,
             "latin_share": s.latin / letters if letters else None,
             "length_chars": _quantiles(s.lengths), "samples": s.samples,
         }
-    report = {"dataset": str(layout.root), "splits": splits, "tokens": _tokens(layout),
+    report = {"dataset": str(layout.root), "splits": splits, "tokens": tokens,
+              "source_tokens": source_tokens,
               "encodings": dict(encodings), "mojibake_lines_repaired": repaired,
               "skipped": skipped, "dedupe_and_scrub": stats}
     return report, {split: s.lengths for split, s in summaries.items()}
@@ -158,7 +178,8 @@ def write_report(root: Path, report: dict[str, Any], lengths: dict[str, list[int
                 for split, info in report["splits"].items()]
         headers = ["split", "records", "characters", "kinds", "Cyrillic letters",
                    *[f"tokens ({t})" for t in report["tokens"]]]
-        sources = [(split, src, v["records"], v["chars"])
+        sources = [(split, src, v["records"], v["chars"],
+                    *[v["tokens"].get(t, "") for t in report["tokens"]])
                    for split, info in report["splits"].items()
                    for src, v in info["by_source"].items()]
         samples = [Section(f"samples: {split}", paragraphs=info["samples"])
@@ -170,7 +191,8 @@ def write_report(root: Path, report: dict[str, Any], lengths: dict[str, list[int
                     + json.dumps(report["dedupe_and_scrub"], ensure_ascii=False)[:3000]]
         page = html_page(f"dataset {layout.root.name}", [
             Section("splits", tables=[Table(headers, rows)], images=images),
-            Section("by source", tables=[Table(["split", "source", "records", "characters"],
+            Section("by source", tables=[Table(["split", "source", "records", "characters",
+                                                *[f"tokens ({t})" for t in report["tokens"]]],
                                                sources)]),
             Section("cleaning", paragraphs=cleaning), *samples])
         path = layout.report / "report.html"

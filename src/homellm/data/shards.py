@@ -1,18 +1,23 @@
 """`homellm data tokenize`: the splits as fixed-size token shards any trainer can memory-map.
 
 Per split, the split's records are one stream of tokens cut every ``shard_tokens`` tokens
-(a document may continue into the next shard). Shard ``k`` of ``train`` is three files in
+(a document may continue into the next shard). Shard ``k`` of ``train`` is four files in
 ``tokens/<tokenizer-id>/``:
 
   train-0000k.bin    token ids, uint16 when every id fits (vocab ≤ 65536), else uint32
   train-0000k.mask   uint8 loss mask aligned with the tokens
   train-0000k.docs   uint32 offsets, inside the shard, where documents/conversations start
+  train-0000k.src    uint32 per entry of .docs: the document's index in manifest ``sources``
 
-manifest.json holds the tokenizer (id, sha256), dtype, and per shard its token and document
-counts, each file's sha256, and the split positions (line, byte, tokens already taken from
-that line's record) where it starts and ends. A shard whose entry is present, starts where the
-previous one ends and whose files have the right sizes is not redone; any other is rebuilt from
-its start position alone, so deleting one shard (and its entry) redoes just that one.
+manifest.json holds the tokenizer (id, sha256), dtype, the dataset's ``sources`` (index →
+{"name": the records' ``source``, i.e. the input path the ingest manifest lists (a database
+URL without its password); "kind": "books" for documents, "dialogues" for conversations}),
+per split the tokens per source name, and per shard its token and document counts, tokens per
+source index, each file's sha256, and the split positions (line, byte, tokens already taken
+from that line's record) where it starts and ends. A shard whose entry is present, starts
+where the previous one ends and whose files have the right sizes is not redone; any other is
+rebuilt from its start position alone, so deleting one shard (and its entry) redoes just that
+one.
 
 Rendering: a document is its text + ``<|endoftext|>``, mask all 1. A conversation is ChatML
 (``render_conversation``) + ``<|endoftext|>``; the mask is 1 on assistant text and the
@@ -44,11 +49,12 @@ from homellm.fsutil import atomic_write_text
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-FORMAT = "homellm-shards-v1"
+FORMAT = "homellm-shards-v2"  # v2: .src files and per-source token counts
 SHARD_TOKENS = 100_000_000   # 200 MB at uint16 (+100 MB mask): the unit of resume
 BATCH_BYTES = 4 << 20        # JSON lines per encode_batch call
 MANIFEST = "manifest.json"
-FILES = ("bin", "mask", "docs")
+FILES = ("bin", "mask", "docs", "src")
+KINDS = {"document": "books", "conversation": "dialogues"}  # record kind → source kind
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -65,6 +71,24 @@ class Pos:
     line: int
     byte: int
     skip: int
+
+
+class SourceIndex:
+    """The manifest's ``sources`` list (extended in place) and each record's index in it. The
+    index is uint32 on disk: a library folder ingests every book file as its own input, so a
+    dataset can have far more than 65,536 sources."""
+
+    def __init__(self, entries: list[dict[str, str]]) -> None:
+        self.entries = entries
+        self._index = {(e["name"], e["kind"]): i for i, e in enumerate(entries)}
+
+    def of(self, record: Record) -> int:
+        key = (record.source, KINDS[record.kind])
+        index = self._index.get(key)
+        if index is None:
+            index = self._index[key] = len(self.entries)
+            self.entries.append({"name": key[0], "kind": key[1]})
+        return index
 
 
 class ChatEncoder:
@@ -150,6 +174,7 @@ class _Batch:
     ids: np.ndarray
     mask: np.ndarray
     offsets: np.ndarray    # start of each record in ids, plus the end: len(records) + 1
+    sources: np.ndarray    # each record's source index
     lines: list[int]
     bytes: list[int]
     skip0: int             # tokens of the first record that earlier shards already hold
@@ -194,7 +219,7 @@ def _read(path: Path, start: Pos,
                 return
 
 
-def _batches(path: Path, start: Pos, encoder: ChatEncoder,
+def _batches(path: Path, start: Pos, encoder: ChatEncoder, sources: SourceIndex,
              batch_bytes: int) -> Iterator[_Batch]:
     """Encoded batches; the next batch is encoded (in Rust, without the GIL) on a thread
     while this one is read, assembled and written."""
@@ -213,30 +238,36 @@ def _batches(path: Path, start: Pos, encoder: ChatEncoder,
                 if skip:
                     ids, mask = ids[skip:], mask[skip:]
                     offsets[1:] -= min(skip, int(lengths[0]))
-                yield _Batch(ids, mask, offsets, lines, starts, skip)
+                indices = np.array([sources.of(r) for r in records], dtype=np.int64)
+                yield _Batch(ids, mask, offsets, indices, lines, starts, skip)
                 skip = 0
             previous = current
 
 
 class _ShardWriter:
-    """The three files of one shard, written to temp names, hashed as they are written."""
+    """The four files of one shard, written to temp names, hashed as they are written."""
 
     def __init__(self, folder: Path, name: str, dtype: np.dtype) -> None:
         self.folder, self.name, self.dtype = folder, name, dtype
         self.tokens = self.docs = 0
+        self.source_tokens: dict[int, int] = {}
         self.handles: dict[str, IO[bytes]] = {}
         self.hashes = {kind: hashlib.sha256() for kind in FILES}
         for kind in FILES:
             self.handles[kind] = open(folder / f".{name}.{kind}.tmp", "wb")  # noqa: SIM115
 
-    def write(self, ids: np.ndarray, mask: np.ndarray, doc_starts: np.ndarray) -> None:
+    def write(self, ids: np.ndarray, mask: np.ndarray, doc_starts: np.ndarray,
+              doc_sources: np.ndarray, source_tokens: dict[int, int]) -> None:
         for kind, array in (("bin", ids.astype(self.dtype, copy=False)), ("mask", mask),
-                            ("docs", (doc_starts + self.tokens).astype(np.uint32))):
+                            ("docs", (doc_starts + self.tokens).astype(np.uint32)),
+                            ("src", doc_sources.astype(np.uint32))):
             data = memoryview(np.ascontiguousarray(array)).cast("B")
             self.handles[kind].write(data)
             self.hashes[kind].update(data)
         self.tokens += len(ids)
         self.docs += len(doc_starts)
+        for index, count in source_tokens.items():
+            self.source_tokens[index] = self.source_tokens.get(index, 0) + count
 
     def finish(self) -> dict[str, str]:
         for kind, handle in self.handles.items():
@@ -268,7 +299,8 @@ def shard_name(split: str, index: int) -> str:
 
 
 def file_sizes(entry: dict[str, Any], itemsize: int) -> dict[str, int]:
-    return {"bin": entry["tokens"] * itemsize, "mask": entry["tokens"], "docs": entry["docs"] * 4}
+    return {"bin": entry["tokens"] * itemsize, "mask": entry["tokens"], "docs": entry["docs"] * 4,
+            "src": entry["docs"] * 4}
 
 
 def _files_ok(folder: Path, entry: dict[str, Any], itemsize: int) -> bool:
@@ -295,10 +327,12 @@ def _write_shard(folder: Path, split: str, index: int, start: Pos, batches: Iter
                 pending.append(batch)
             batch = pending[0]
             stop = min(len(batch.ids), batch.cur + shard_tokens - writer.tokens)
-            first = 1 if batch.skip0 else 0  # a continued record does not start here
-            starts = batch.offsets[first:-1]
-            starts = starts[(starts >= batch.cur) & (starts < stop)] - batch.cur
-            writer.write(batch.ids[batch.cur:stop], batch.mask[batch.cur:stop], starts)
+            begins = batch.offsets[:-1]
+            here = (begins >= batch.cur) & (begins < stop)
+            here[:1 if batch.skip0 else 0] = False  # a continued record does not start here
+            writer.write(batch.ids[batch.cur:stop], batch.mask[batch.cur:stop],
+                         begins[here] - batch.cur, batch.sources[here],
+                         _tokens_by_source(batch, batch.cur, stop))
             if stop > batch.cur:
                 end = batch.pos_before(stop)
             batch.cur = stop
@@ -309,7 +343,17 @@ def _write_shard(folder: Path, split: str, index: int, start: Pos, batches: Iter
         writer.abort()
         raise
     return {"split": split, "index": index, "tokens": writer.tokens, "docs": writer.docs,
+            "sources": {str(i): n for i, n in sorted(writer.source_tokens.items())},
             "sha256": sha256, "start": asdict(start), "end": asdict(end), "last": last}
+
+
+def _tokens_by_source(batch: _Batch, cur: int, stop: int) -> dict[int, int]:
+    """Tokens in [cur, stop) per source index, the tail of a continued record included."""
+    counts = (np.minimum(batch.offsets[1:], stop) - np.maximum(batch.offsets[:-1], cur))
+    taken = counts > 0
+    indices, inverse = np.unique(batch.sources[taken], return_inverse=True)
+    sums = np.bincount(inverse, weights=counts[taken], minlength=len(indices))
+    return {int(i): int(n) for i, n in zip(indices, sums, strict=True)}
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
@@ -327,6 +371,7 @@ def _save(folder: Path, manifest: dict[str, Any]) -> None:
 def _tokenize_split(folder: Path, path: Path, split: str, state: dict[str, Any],
                     manifest: dict[str, Any], encoder: ChatEncoder, shard_tokens: int,
                     batch_bytes: int, dtype: np.dtype, progress: Progress | None) -> None:
+    sources = SourceIndex(manifest["sources"])
     entries = {e["index"]: e for e in state["shards"]}
     pos, index = Pos(0, 0, 0), 0
     batches: Iterator[_Batch] | None = None
@@ -339,7 +384,7 @@ def _tokenize_split(folder: Path, path: Path, split: str, state: dict[str, Any],
             batches, pending = None, []
         else:
             if batches is None:
-                batches = _batches(path, pos, encoder, batch_bytes)
+                batches = _batches(path, pos, encoder, sources, batch_bytes)
             entry = _write_shard(folder, split, index, pos, batches, pending, shard_tokens,
                                  dtype)
             if entry["tokens"] == 0 and index > 0:
@@ -358,6 +403,12 @@ def _tokenize_split(folder: Path, path: Path, split: str, state: dict[str, Any],
     state["shards"] = [entries[i] for i in range(count)]
     state["tokens"] = sum(e["tokens"] for e in state["shards"])
     state["documents"] = sum(e["docs"] for e in state["shards"])
+    by_name: dict[str, int] = {}
+    for kept in state["shards"]:
+        for number, tokens in kept["sources"].items():
+            name = sources.entries[int(number)]["name"]
+            by_name[name] = by_name.get(name, 0) + tokens
+    state["sources"] = dict(sorted(by_name.items()))
     state["complete"] = True
     _save(folder, manifest)
     for stale in folder.glob(f"{split}-*.*"):
@@ -384,13 +435,14 @@ def tokenize_dataset(layout: DatasetLayout | Path | str, tok_dir: Path | str, *,
     fresh = {"format": FORMAT, "tokenizer": {"id": sha[:16], "sha256": sha,
                                              "dir": str(Path(tok_dir).resolve()),
                                              "vocab_size": vocab, "eot_id": encoder.eot},
-             "dtype": dtype.name, "shard_tokens": shard_tokens, "splits": {}}
+             "dtype": dtype.name, "shard_tokens": shard_tokens, "sources": [], "splits": {}}
     manifest = fresh
     try:
         old = json.loads((folder / MANIFEST).read_text("utf-8"))
         if all(old.get(k) == fresh[k] for k in ("format", "dtype", "shard_tokens")) and \
                 old.get("tokenizer", {}).get("sha256") == sha:
-            manifest = {**fresh, "splits": old.get("splits", {})}
+            manifest = {**fresh, "sources": old.get("sources", []),
+                        "splits": old.get("splits", {})}
     except (OSError, ValueError):
         pass  # no manifest or a damaged one: every shard is rebuilt
     for split in splits:
