@@ -12,9 +12,11 @@ from rich.console import Console
 
 from homellm import __version__
 from homellm.bench.cli_bench import bench_command, compare_command
+from homellm.cli_chat import chat_command
 from homellm.data.cli_data import data_app, tokenizer_app
 from homellm.errors import ConfigError, HomellmError
 from homellm.plan.cli_plan import plan_app
+from homellm.train.cli_train import export_command, train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run, protect, measure and train your own LLMs on your own GPUs.")
@@ -304,6 +306,9 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(plan_app, name="plan")
 app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
+app.command("train")(train_command)
+app.command("export")(export_command)
+app.command("chat")(chat_command)
 
 
 @app.command()

@@ -318,6 +318,10 @@ class CheckpointManager:
             return True
         return bool(self.every_minutes and now - self._last_time >= self.every_minutes * 60)
 
+    @property
+    def last_saved_step(self) -> int | None:
+        return self._last_step
+
     def save(self, step: int, state: TrainState) -> Checkpoint:
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()

@@ -92,7 +92,8 @@ class RunConfig(_Strict):
 
     model: str = Field(description="a preset (tiny, 125m, ...) or a HF config.json / folder")
     tokenizer: str = Field(description="the tokenizer folder (its vocabulary sizes the model)")
-    dataset: str = Field(description="the token shards folder")
+    dataset: str = Field(description="the dataset folder (its shards for this tokenizer) "
+                                     "or the token shards folder itself")
     out: str = Field(description="the run folder: checkpoints, logs, metrics")
     tie_embeddings: bool | None = Field(default=None, description="None: the preset's")
     seq_len: int = Field(default=2048, ge=16)
@@ -122,6 +123,16 @@ class RunConfig(_Strict):
     curriculum: list[Stage] | None = Field(default=None, min_length=1)
     gpus: list[int] | None = Field(default=None, description="None: all visible; []: CPU")
     strategy: Literal["auto", "ddp", "fsdp2"] = "auto"
+    objective: Literal["pretrain", "sft"] = Field(
+        default="pretrain", description="sft: loss only on assistant turns (the shards' mask)")
+    init_from: str | None = Field(default=None, description="an exported model folder to "
+                                  "start from (required for sft)")
+    log_every: int = Field(default=10, ge=1, description="steps between progress lines")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["Однажды", "<|im_start|>user\nПривет!<|im_end|>\n"
+                                 "<|im_start|>assistant\n"],
+        description="greedy samples at each checkpoint")
+    needle_probe: bool = Field(default=True, description="needle-in-a-haystack at the end")
     _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)  # for FILE:LINE
 
     _counts = field_validator("tokens", "eval_tokens", mode="before")(_token_count)
@@ -174,6 +185,9 @@ class RunConfig(_Strict):
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is more than max_steps "
                              f"{self.max_steps}")
+        if self.objective == "sft" and self.init_from is None:
+            raise ValueError("init_from: sft starts from a trained model: name its exported "
+                             "folder")
         if self.gpus == [] and self.precision != "fp32":
             # bf16 autocast on CPU is slow and unsupported by some kernels: CPU runs are fp32
             object.__setattr__(self, "precision", "fp32")
@@ -274,6 +288,7 @@ def load_run_config(path: str | Path, check_paths: bool = True) -> RunConfig:
     lines = config._lines
     base = file.resolve().parent
     fields = ["tokenizer", "dataset", "out"] + (["model"] if config.preset is None else [])
+    fields += ["init_from"] if config.init_from else []
     resolved: dict[str, str] = {}
     for name in fields:
         value = Path(getattr(config, name)).expanduser()

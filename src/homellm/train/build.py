@@ -1,0 +1,163 @@
+"""The pieces a run is built from, before its first step: the shards, the stage plan, the
+model, the optimizer and schedule, the memory check. ``loop.py`` calls these in order."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from homellm.data.reader import ShardSet
+from homellm.data.shards import MANIFEST, ShardError
+from homellm.errors import ConfigError, HomellmError
+from homellm.plan.train_memory import MemoryPlan
+from homellm.train.distributed import Dist
+from homellm.train.runconfig import RunConfig, Stage, preflight_memory, run_model_config
+from homellm.train.schedule import lambda_for
+
+
+class TrainError(HomellmError):
+    """A run that cannot start or go on (bad data, mismatched tokenizer, no memory)."""
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def shards_folder(config: RunConfig, tok_id: str) -> Path:
+    """``dataset`` may be the shards folder or the dataset folder holding
+    ``tokens/<tokenizer id>``."""
+    dataset = Path(config.dataset)
+    if (dataset / MANIFEST).exists():
+        return dataset
+    candidate = dataset / "tokens" / tok_id
+    if (candidate / MANIFEST).exists():
+        return candidate
+    raise TrainError(f"{dataset}: no token shards for tokenizer {tok_id} (run `homellm data "
+                     f"tokenize {dataset} --tokenizer {config.tokenizer}`)")
+
+
+def open_split(folder: Path, split: str, tok_id: str, *, required: bool) -> ShardSet | None:
+    try:
+        shards = ShardSet.open(folder, split)
+    except ShardError as exc:
+        if required:
+            raise TrainError(str(exc)) from None
+        return None
+    if shards.tokenizer_id != tok_id:
+        raise TrainError(f"{folder}: tokenized with tokenizer {shards.tokenizer_id}, the run "
+                         f"uses {tok_id} (tokenize again with this tokenizer)")
+    return shards
+
+
+# --- the stage plan ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    stage: Stage
+    micro_batch: int
+    first_step: int
+    steps: int
+    tokens_per_step: int
+
+    @property
+    def end_step(self) -> int:
+        return self.first_step + self.steps
+
+
+def plan_stages(config: RunConfig, world_size: int) -> list[StagePlan]:
+    """Steps per stage: a stage's token budget over the tokens one optimizer step takes
+    (``micro_batch · seq_len · grad_accum · ranks``); ``max_steps`` caps the whole run."""
+    plans: list[StagePlan] = []
+    step = 0
+    for index, stage in enumerate(config.stages()):
+        micro_batch = stage.micro_batch or config.micro_batch
+        per_step = micro_batch * stage.seq_len * config.grad_accum * world_size
+        steps = math.ceil(stage.tokens / per_step) if stage.tokens else config.max_steps or 0
+        if config.max_steps is not None:
+            steps = min(steps, config.max_steps - step)
+        if steps <= 0:
+            break
+        plans.append(StagePlan(index, stage, micro_batch, step, steps, per_step))
+        step += steps
+    total = plans[-1].end_step if plans else 0
+    if config.warmup_steps > total:
+        raise ConfigError(f"warmup_steps: {config.warmup_steps} is more than the run's "
+                          f"{total} steps")
+    return plans
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+def build_lm(config: RunConfig, vocab_size: int, device: torch.device) -> torch.nn.Module:
+    """A fresh model of the run's config, or the weights of ``init_from`` (an exported folder)."""
+    from transformers import AutoModelForCausalLM
+
+    from homellm.train.presets import build_model
+
+    if config.init_from:
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(config.init_from, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise TrainError(f"init_from: {config.init_from}: not a loadable model "
+                             f"({str(exc).splitlines()[0]})") from None
+        if lm.config.vocab_size < vocab_size:
+            raise TrainError(f"init_from: {config.init_from}: vocab_size "
+                             f"{lm.config.vocab_size} is below the tokenizer's {vocab_size}")
+        lm.config.use_cache = False
+        return lm.to(device)
+    return build_model(run_model_config(config, vocab_size), device=device)
+
+
+def set_rope_theta(lm: torch.nn.Module, theta: float) -> None:
+    """Switch RoPE's base between curriculum stages: the config (so export writes it) and
+    the rotary embedding's frequencies."""
+    config = lm.config
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if params.get("rope_theta") == theta:
+        return
+    params["rope_theta"] = float(theta)
+    config.rope_parameters = params
+    rotary = lm.model.rotary_emb
+    device = rotary.inv_freq.device
+    lm.model.rotary_emb = type(rotary)(config=config, device=device)
+
+
+def optimizer_for(lm: torch.nn.Module, config: RunConfig, device: torch.device,
+                  total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (fused on GPU) with weight decay on matrices only, and the LR schedule."""
+    decay, no_decay = [], []
+    for param in lm.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, **fused)
+    multiplier = lambda_for(config.lr, lr=config.lr, min_lr=config.min_lr,
+                            warmup_steps=config.warmup_steps, max_steps=total_steps,
+                            schedule=config.schedule, decay_fraction=config.decay_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return optimizer, scheduler
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _mem_available_gib() -> float:
+    text = Path("/proc/meminfo").read_text()
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) / 2**20 if found else 0.0
+
+
+def check_memory(config: RunConfig, ctx: Dist, vocab_size: int) -> MemoryPlan:
+    """The per-GPU estimate by component (or the machine's available RAM on CPU), refused in
+    one line naming the setting to change when it will not fit."""
+    if ctx.device.type == "cuda":
+        memory = torch.cuda.get_device_properties(ctx.device).total_memory / 2**30
+    else:
+        # CPU workers share the machine's memory
+        memory = _mem_available_gib() / ctx.world_size
+    return preflight_memory(config, memory, ctx.world_size, vocab_size=vocab_size)
