@@ -12,5 +12,5 @@ from homellm.errors import HomellmError
 
 def fail(console: Console, exc: HomellmError) -> typer.Exit:
     """Print ``error: <message>`` and return the Exit to raise (``raise fail(c, e) from None``)."""
-    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
