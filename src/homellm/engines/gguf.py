@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from homellm.errors import EngineError, HomellmError
 from homellm.fsutil import atomic_write_text, homellm_home
@@ -32,30 +34,26 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "auto")
 # what to unpack from <sdist>/vendor/llama.cpp/: the script, its model classes, its gguf library
 _VENDORED = (CONVERTER_SCRIPT, "conversion/", "gguf-py/", "LICENSE")
 
+# Qwen2's split regex as its tokenizer.json spells it; llama.cpp's "qwen2" pre-tokenizer is
+# this regex (rewritten without (?i:) for its own engine) followed by byte-level mapping.
+QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 # Runs the converter in a child process with the pre-tokenizer fix. llama.cpp names a BPE
 # pre-tokenizer by hashing how the tokenizer splits a test string; a self-trained tokenizer's
-# hash is in no list, so the converter refuses it. When tokenizer.json says the split is
-# byte-level with GPT-2's regex and no prefix space (what `tokenizers` ByteLevel does), "gpt-2"
-# is the exact llama.cpp equivalent ("gpt2" converts but the loader rejects it). Any other
-# unknown tokenizer still fails: a wrong pre-tokenizer would silently garble prompts.
+# hash is in no list, so the converter refuses it. Only then is the name that
+# fallback_pre_tokenizer() read from tokenizer.json used (argv[3], "" for none): any other
+# unknown tokenizer still fails, since a wrong pre-tokenizer would silently garble prompts.
 _WRAPPER = r"""
-import importlib.util, json, logging, sys
+import importlib.util, logging, sys
 from pathlib import Path
 
-converter, model_dir = Path(sys.argv[1]), Path(sys.argv[2])
+converter, fallback = Path(sys.argv[1]), sys.argv[3]
 sys.path.insert(0, str(converter.parent))
 spec = importlib.util.spec_from_file_location("convert_hf_to_gguf", converter)
 module = importlib.util.module_from_spec(spec)
 sys.modules["convert_hf_to_gguf"] = module
 spec.loader.exec_module(module)
-
-def gpt2_byte_level(folder):
-    try:
-        pre = json.loads((folder / "tokenizer.json").read_text("utf-8")).get("pre_tokenizer") or {}
-    except (OSError, ValueError):
-        return False
-    return (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space", False))
 
 try:
     import conversion.base as where  # llama.cpp after the split into conversion/
@@ -68,16 +66,55 @@ def get_vocab_base_pre(self, tokenizer):
     try:
         return original(self, tokenizer)
     except NotImplementedError:
-        if not gpt2_byte_level(model_dir):
+        if not fallback:
             raise
         logging.getLogger("homellm").warning(
-            "unlisted BPE pre-tokenizer; tokenizer.json is GPT-2 byte-level: using 'gpt-2'")
-        return "gpt-2"
+            "unlisted BPE pre-tokenizer; tokenizer.json matches llama.cpp's %r", fallback)
+        return fallback
 
 cls.get_vocab_base_pre = get_vocab_base_pre
-sys.argv = [str(converter), *sys.argv[2:]]
+sys.argv = [str(converter), sys.argv[2], *sys.argv[4:]]
 module.main()
 """
+
+
+def pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
+    """llama.cpp's name for a ``tokenizers`` pre_tokenizer (tokenizer.json), or None.
+
+    * ByteLevel with GPT-2's regex and no prefix space: "gpt-2" ("gpt2" converts but the
+      loader rejects it).
+    * Sequence[Split(Qwen2's regex, isolated), ByteLevel(no regex, no prefix space)], what
+      ``homellm tokenizer train`` and Qwen2 write: "qwen2". The NFC normaliser in front of it
+      is not carried over (llama.cpp has none), so the ids match ours for NFC text only.
+    """
+    if not isinstance(pre, dict):
+        return None
+    if pre.get("type") == "ByteLevel":
+        if pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+            return "gpt-2"
+        return None
+    steps = pre.get("pretokenizers")
+    if pre.get("type") != "Sequence" or not isinstance(steps, list) or len(steps) != 2:
+        return None
+    split, byte_level = steps
+    if not (isinstance(split, dict) and isinstance(byte_level, dict)):
+        return None
+    if (split.get("type") == "Split" and split.get("pattern") == {"Regex": QWEN2_SPLIT_REGEX}
+            and split.get("behavior") == "Isolated" and not split.get("invert", False)
+            and byte_level.get("type") == "ByteLevel"
+            and byte_level.get("use_regex", True) is False
+            and not byte_level.get("add_prefix_space", False)):
+        return "qwen2"
+    return None
+
+
+def fallback_pre_tokenizer(model_dir: Path) -> str | None:
+    """What tokenizer.json in ``model_dir`` says the pre-tokenizer is, in llama.cpp's names."""
+    try:
+        data = json.loads((Path(model_dir) / "tokenizer.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return pre_tokenizer_name(data.get("pre_tokenizer")) if isinstance(data, dict) else None
 
 
 def installed_converter_dir() -> Path:
@@ -180,7 +217,7 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str = "f32",
     os.close(fd)
     tmp = Path(tmp_name)
     argv = [sys.executable, "-c", _WRAPPER, str(converter), str(model_dir),
-            "--outfile", str(tmp), "--outtype", outtype]
+            fallback_pre_tokenizer(model_dir) or "", "--outfile", str(tmp), "--outtype", outtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
     env.pop("NO_LOCAL_GGUF", None)  # always the gguf-py that matches the converter
     try:
