@@ -82,3 +82,30 @@ def test_report_without_splits_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "homellm.cli", "data", "report",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "data ingest" in done.stdout + done.stderr
+
+
+def test_report_console_shows_tokens_per_source(tmp_path: Path) -> None:
+    from homellm.data.shards import tokenize_dataset
+    from homellm.tokenizer import load_tokenizer, train_tokenizer
+
+    layout = write_dataset(tmp_path / "ds")
+    tok_dir = train_tokenizer(layout, tmp_path / "tok", vocab_size=300)
+    tok_id = tokenize_dataset(layout, tok_dir).name
+    done = subprocess.run([sys.executable, "-m", "homellm.cli", "data", "report",
+                           str(layout.root), "--no-html"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"tokens per source ({tok_id})" in done.stdout
+    manifest = json.loads((layout.root / "tokens" / tok_id / "manifest.json").read_text())
+    counts = {split: info["sources"] for split, info in manifest["splits"].items()}
+    book_val = len(load_tokenizer(tok_dir).encode("Короткий текст",
+                                                  add_special_tokens=False).ids) + 1
+    assert counts["val"] == {"/x/book.fb2": book_val}
+    for name, source in (("book.fb2", "/x/book.fb2"), ("chats.sql", "/x/chats.sql")):
+        row = [line for line in lines if f" {name} " in line]
+        assert len(row) == 1, done.stdout
+        cells = [c.strip() for c in row[0].replace("│", "|").split("|") if c.strip()]
+        expected = [f"{counts[split][source]:,}" if source in counts[split] else "—"
+                    for split in ("train", "val", "test")]
+        assert cells == [name, *expected], row[0]

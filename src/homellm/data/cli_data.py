@@ -266,6 +266,24 @@ def tokenizer_report_command(
         console.print(escape(report.table()), highlight=False)
 
 
+def _source_tokens_table(per_split: dict[str, dict[str, int]], splits: list[str]) -> Table:
+    """One tokenizer's tokens per source (rows) and split (columns); sources named as in the
+    report's by-source figures (the file name, summed over sources that share one)."""
+    splits = [s for s in splits if s in per_split] + [s for s in per_split if s not in splits]
+    rows: dict[str, dict[str, int]] = {}
+    for split in splits:
+        for name, count in per_split[split].items():
+            row = rows.setdefault(Path(name).name, {})
+            row[split] = row.get(split, 0) + count
+    table = Table()
+    table.add_column("source")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for name, row in sorted(rows.items()):
+        table.add_row(escape(name), *(f"{row[s]:,}" if s in row else "—" for s in splits))
+    return table
+
+
 @data_app.command("report")
 def report(
     dataset: Annotated[Path, typer.Argument(help="a dataset folder made by `data ingest`")],
@@ -293,6 +311,11 @@ def report(
         table.add_row(split, f"{info['records']:,}", f"{info['chars']:,}",
                       f"{(info['cyrillic_share'] or 0):.1%}", tokens)
     console.print(table)
+    for tok_id, per_split in figures["source_tokens"].items():
+        if per_split:  # shards written before per-source counts have none
+            # a heading line, not the table's title: rich wraps a title to the table's width
+            console.print(f"tokens per source ({escape(tok_id)})", highlight=False)
+            console.print(_source_tokens_table(per_split, list(figures["splits"])))
     console.print(f"mojibake lines repaired: {figures['mojibake_lines_repaired']}; encodings: "
                   f"{figures['encodings']}", highlight=False)
     console.print("written: " + ", ".join(str(p) for p in written), highlight=False)
