@@ -9,14 +9,22 @@ factor is found by bisection so that the prediction meets the measurement:
 - ``prefill_mfu``: the fraction of dense BF16 peak prefill reaches, fitted to mean TTFT, only
   from runs at concurrency 1 (at higher concurrency TTFT is mostly queueing).
 
+A ``homellm train`` run folder (``metrics.jsonl``, ``run.json``, ``checkpoints/``) gives the
+train factor ``mfu`` for engine ``homellm-train``: per steady-state train row (warmup and
+compile steps dropped, see :func:`steady_rows`) MFU = tokens/s × training FLOPs per token at
+the row's seq_len / (dense BF16 peak of one GPU × GPUs in the run); the run's figure is the
+median over those rows. The FLOPs count is the one ``plan train`` and the trainer's own ``mfu``
+column use (``ModelSpec.train_flops_per_token``), so the fitted factor plugs straight back in.
+
 The store is ``$HOMELLM_HOME/plan/calibration.json`` (written atomically), keyed by GPU and
-engine: each factor keeps its median over the results, their spread, how many, which files and
-when. Training MFU joins when ``homellm train`` writes its metrics (issue 8).
+engine: each factor keeps its median over the results (or runs), their spread, how many, which
+files and when.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,13 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from homellm.errors import ConfigError
+from homellm.errors import ConfigError, HomellmError
 from homellm.fsutil import atomic_write_text, homellm_home
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec
+from homellm.plan.figures import Figure, fig
 
 SERVE_FACTORS = ("decode_bw_eff", "prefill_mfu")
 TRAIN_FACTORS = ("mfu",)
+TRAIN_ENGINE = "homellm-train"
+MIN_STEADY_ROWS = 5
+WARMUP_FRACTION = 0.1  # of the train rows, dropped from the start (compile, allocator, caches)
+WARMUP_STEPS = 3       # dropped whatever the run's length
 
 
 def store_path() -> Path:
@@ -41,9 +54,11 @@ def store_path() -> Path:
 class Fitted:
     factor: str
     value: float
-    measured: float       # the figure it was fitted to (ms)
-    predicted_default: float  # the planner's prediction with the default factor (ms)
-    source: str           # the result file
+    measured: float       # the figure it was fitted to (ms; tok/s for a training run)
+    predicted_default: float  # the planner's prediction with the default factor (same unit)
+    source: str           # the result file or run folder
+    unit: str = "ms"
+    figure: Figure | None = None  # how the value was computed, when it is a formula
 
 
 @dataclass
@@ -161,3 +176,136 @@ def fit_bench_result(result: dict[str, Any], source: str, model: ModelSpec, gpu:
         fits.append(Fitted("prefill_mfu", bisect(ttft, ttft_ms), ttft_ms,
                            ttft(defaults["prefill_mfu"]), source))
     return fits
+
+
+# -- training runs -------------------------------------------------------------------------------
+
+def is_training_run(path: Path) -> bool:
+    from homellm.train.runlog import FILENAME
+
+    return path.is_dir() and (path / FILENAME).is_file()
+
+
+def steady_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The train rows past warmup: sorted by step, the first 10 % of them (at least 3) dropped,
+    and any row at step 3 or earlier, since the first steps pay for compilation and caches."""
+    train = sorted((r for r in rows if r.get("kind") == "train"), key=lambda r: r["step"])
+    skip = max(WARMUP_STEPS, math.ceil(len(train) * WARMUP_FRACTION))
+    return [r for r in train[skip:] if r["step"] > WARMUP_STEPS]
+
+
+def _number(row: dict[str, Any], name: str, source: str) -> float:
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
+        raise ConfigError(f"{source}: train row at step {row.get('step')} has no positive "
+                          f"{name} ({value!r})")
+    return float(value)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_model_config(run_dir: Path) -> dict[str, Any]:
+    """The HF config dict saved with the run's newest checkpoint that has one."""
+    steps = []
+    for folder in (run_dir / "checkpoints").glob("step-*"):
+        number = folder.name.removeprefix("step-")
+        if number.isdigit() and folder.is_dir():
+            steps.append((int(number), folder))
+    for _, folder in sorted(steps, reverse=True):
+        state = _read_json(folder / "trainer_state.json")
+        config = state.get("config") if isinstance(state, dict) else None
+        model_config = config.get("model_config") if isinstance(config, dict) else None
+        if isinstance(model_config, dict):
+            return model_config
+    raise ConfigError(f"{run_dir}: no checkpoint with a model config "
+                      "(checkpoints/step-N/trainer_state.json); the MFU needs the model's shape: "
+                      "let the run save a checkpoint")
+
+
+def run_world_size(run: dict[str, Any], gpus_here: int) -> int:
+    """GPUs the run trained on: its ``gpus`` list; [] is CPU (one process); None meant every
+    visible GPU, i.e. the ones this calibration is for."""
+    gpus = run.get("gpus")
+    if gpus is None:
+        return max(gpus_here, 1)
+    return max(len(gpus), 1)
+
+
+def _train_rows(rows: Sequence[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    train = [r for r in rows if r.get("kind") == "train"]
+    if not train:
+        raise ConfigError(f"{source}: no train rows in metrics.jsonl (did the run take a step?)")
+    return train
+
+
+def run_mfu(rows: Sequence[dict[str, Any]], model: ModelSpec, gpu: GPUSpec, world: int,
+            source: str) -> tuple[float, list[dict[str, Any]], Figure]:
+    """The median MFU of the steady rows, those rows, and the figure saying how."""
+    train = _train_rows(rows, source)
+    steady = steady_rows(train)
+    if len(steady) < MIN_STEADY_ROWS:
+        raise ConfigError(f"{source}: {len(steady)} steady-state train row(s) after dropping "
+                          f"the warmup ({len(train) - len(steady)} of {len(train)}); need at "
+                          f"least {MIN_STEADY_ROWS}: train longer")
+    if not gpu.bf16_tflops or gpu.bf16_tflops <= 0:
+        raise ConfigError(f"{gpu.key}: no dense BF16 peak to measure MFU against (--gpu-spec "
+                          "bf16=…)")
+    peak = gpu.bf16_tflops
+    tps = [_number(r, "tokens_per_s", source) for r in steady]
+    flops = [model.train_flops_per_token(int(_number(r, "seq_len", source))) for r in steady]
+    mfus = [t * f / (peak * 1e12 * world) for t, f in zip(tps, flops, strict=True)]
+    value = statistics.median(mfus)
+    label = f"measured MFU, median over {len(steady)} steady steps of {Path(source).name}"
+    src = "training FLOPs per token F = 6·N + 12·L·H·Q·T (PaLM App. B), as plan train counts them"
+    if len(set(flops)) == 1:
+        # one F for every row: the median MFU is the median tokens/s scaled, so the figure
+        # can show the exact arithmetic
+        figure = fig("calibrate.train_mfu", label, "", "tps * F / (n * peak * 1e12)",
+                     source=src, tps=statistics.median(tps), F=flops[0], n=world, peak=peak)
+    else:
+        figure = fig("calibrate.train_mfu", label, "", value=value, source=src,
+                     note="seq_len changes over the run (curriculum): the median of "
+                          "tps_i * F(seq_len_i) / (n * peak * 1e12) over the rows, "
+                          f"n={world}, peak={peak:g} TFLOPS")
+    return value, steady, figure
+
+
+def fit_training_run(run_dir: Path, gpu: GPUSpec, gpus_here: int = 1
+                     ) -> tuple[Fitted, ModelSpec]:
+    """Fit the train factor ``mfu`` to one ``homellm train`` run folder."""
+    from homellm.plan.train import DEFAULT_MFU
+    from homellm.train.presets import config_spec
+    from homellm.train.runlog import RunLog
+
+    source = str(run_dir)
+    try:
+        rows = RunLog.read(run_dir)
+    except HomellmError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _train_rows(rows, source)
+    run = _read_json(run_dir / "run.json")
+    if not isinstance(run, dict):
+        raise ConfigError(f"{source}: no readable run.json (the run's config, written by "
+                          "homellm train)")
+    name = str(run.get("model") or "")
+    try:
+        model = config_spec(run_model_config(run_dir), name=f"homellm-{name}" if name else "")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: the checkpoint's model config is not one homellm can "
+                          f"count ({type(exc).__name__}: {exc})") from None
+    world = run_world_size(run, gpus_here)
+    value, steady, figure = run_mfu(rows, model, gpu, world, source)
+    if not 0 < value <= 1:
+        raise ConfigError(f"{source}: measured MFU {value:.3g} is outside (0, 1]: is --gpus the "
+                          f"GPU the run trained on ({gpu.key})?")
+    measured = statistics.median(float(r["tokens_per_s"]) for r in steady)
+    predicted = statistics.median(world * gpu.bf16_tflops * 1e12 * DEFAULT_MFU
+                                  / model.train_flops_per_token(int(r["seq_len"]))
+                                  for r in steady)
+    return Fitted("mfu", value, measured, predicted, source, unit="tok/s", figure=figure), model

@@ -238,48 +238,104 @@ def models_list(json_output: JsonOpt = False) -> None:
 @plan_app.command("calibrate")
 def calibrate(
     results: Annotated[list[Path], typer.Argument(help="homellm bench (or vllm bench serve) "
-                                                       "result JSON files from this machine")],
-    model: Annotated[str, Opt(help="the model the results measured (catalog name or folder)")],
+                                                       "result JSON files, and/or homellm train "
+                                                       "run folders, from this machine")],
+    model: Annotated[str | None, Opt(help="the model the bench results measured (catalog name "
+                                          "or folder); runs name their own")] = None,
     gpus: GpusOpt = None,
     gpu_spec: GpuSpecOpt = None,
-    engine: Annotated[str, Opt(help="the engine that served them")] = "vllm",
+    engine: Annotated[str, Opt(help="the engine that served the bench results")] = "vllm",
     tp: Annotated[int, Opt(help="tensor-parallel size of the measured server")] = 1,
     json_output: JsonOpt = False,
 ) -> None:
     """Fit the planner's efficiency factors to your measurements and store them; later plans
-    for this GPU and engine use and cite them."""
-    from homellm.plan.calibration import fit_bench_result, load_calibration
+    for this GPU and engine use and cite them. Bench results fit the serve factors; a training
+    run folder (with metrics.jsonl) fits the training MFU (engine homellm-train)."""
+    from homellm.errors import ConfigError
+    from homellm.plan.calibration import (
+        TRAIN_ENGINE,
+        Fitted,
+        fit_bench_result,
+        fit_training_run,
+        is_training_run,
+        load_calibration,
+    )
     from homellm.plan.inputs import resolve_gpus, resolve_plan_model
 
     console = Console(stderr=json_output)
+    runs = [path for path in results if is_training_run(path)]
+    benches = [path for path in results if path not in runs]
+    notes: list[str] = []
     try:
-        spec = resolve_plan_model(model)
-        device = resolve_gpus(gpus, gpu_spec)[0]
-        fits = []
-        for path in results:
+        for path in benches:
+            if path.is_dir():
+                raise ConfigError(f"{path}: a folder without metrics.jsonl is not a training "
+                                   "run; give a bench result file or a homellm train run folder")
+        if benches and model is None:
+            raise ConfigError("--model is required with bench results (which model they "
+                               "measured)")
+        if runs and model is not None and not benches:
+            notes.append(f"--model {model} ignored: a training run's checkpoint names its model")
+        devices = resolve_gpus(gpus, gpu_spec)
+        device = devices[0]
+        spec = resolve_plan_model(model) if benches and model is not None else None
+        fits: list[Fitted] = []
+        train_fits: list[Fitted] = []
+        train_models: list[str] = []
+        for path in benches:
             try:
                 data = json.loads(path.read_text("utf-8"))
             except (OSError, ValueError) as exc:
                 raise HomellmError(f"{path}: cannot read a result ({exc})") from None
+            assert spec is not None
             fits += fit_bench_result(data, str(path), spec, device, tp=tp)
+        for path in runs:
+            fitted, run_model = fit_training_run(path, device, len(devices))
+            train_fits.append(fitted)
+            train_models.append(run_model.name)
         store = load_calibration()
-        store.record(device.key, engine, spec.name, fits)
+        cited: list[str] = []
+        if fits:
+            assert spec is not None
+            store.record(device.key, engine, spec.name, fits)
+        if train_fits:
+            store.record(device.key, TRAIN_ENGINE, ", ".join(dict.fromkeys(train_models)),
+                         train_fits)
         saved = store.save()
-        _, cited = store.factors_for(device.key, engine, "serve")
+        if fits:
+            cited += store.factors_for(device.key, engine, "serve")[1]
+        if train_fits:
+            cited += store.factors_for(device.key, TRAIN_ENGINE, "train")[1]
     except HomellmError as exc:
         raise fail(console, exc) from None
     if json_output:
-        print(json.dumps({"stored": str(saved), "fits": [vars(f) for f in fits],
-                          "now": cited}, indent=1))
+        print(json.dumps({"stored": str(saved), "notes": notes,
+                          "fits": [{**vars(f), "figure": f.figure.to_json() if f.figure else None}
+                                   for f in fits + train_fits], "now": cited}, indent=1))
         return
-    table = Table(title=f"calibration: {spec.name} on {device.key} ({engine})",
-                  title_justify="left")
-    for column in ("result", "factor", "fitted", "measured ms", "predicted before ms"):
-        table.add_column(column)
-    for f in fits:
-        table.add_row(Path(f.source).name, f.factor, f"{f.value:.3f}", f"{f.measured:,.2f}",
-                      f"{f.predicted_default:,.2f}")
-    console.print(table)
-    for line in cited:
-        console.print(line, highlight=False)
+    if fits:
+        assert spec is not None
+        table = Table(title=f"calibration: {spec.name} on {device.key} ({engine})",
+                      title_justify="left")
+        for column in ("result", "factor", "fitted", "measured ms", "predicted before ms"):
+            table.add_column(column)
+        for f in fits:
+            table.add_row(Path(f.source).name, f.factor, f"{f.value:.3f}", f"{f.measured:,.2f}",
+                          f"{f.predicted_default:,.2f}")
+        console.print(table)
+    if train_fits:
+        table = Table(title=f"training calibration on {device.key} ({TRAIN_ENGINE})",
+                      title_justify="left")
+        for column in ("run", "model", "factor", "fitted", "median tok/s",
+                       "plan at MFU 0.40 tok/s"):
+            table.add_column(column)
+        for f, name in zip(train_fits, train_models, strict=True):
+            table.add_row(Path(f.source).name, name, f.factor, f"{f.value:.3g}",
+                          f"{f.measured:,.1f}", f"{f.predicted_default:,.1f}")
+        console.print(table)
+        for f in train_fits:
+            if f.figure is not None:
+                console.print(f.figure.explain(), highlight=False, markup=False)
+    for line in notes + cited:
+        console.print(line, highlight=False, markup=False)
     console.print(f"stored in {saved}", highlight=False)
