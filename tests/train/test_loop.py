@@ -115,10 +115,12 @@ def test_ctrl_c_saves_and_exits_130_then_resumes(tmp_path: Path,
     assert max(train_losses(run_dir)) == stopped_at + 2
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_match_one_process_with_twice_the_accumulation(
-        tmp_path: Path, corpus: dict[str, Path]) -> None:
+        tmp_path: Path, corpus: dict[str, Path], strategy: str) -> None:
     single = write_run(tmp_path / "one", corpus, max_steps=6, grad_accum=2, eval_every=100)
-    ddp = write_run(tmp_path / "two", corpus, max_steps=6, grad_accum=1, eval_every=100)
+    ddp = write_run(tmp_path / "two", corpus, max_steps=6, grad_accum=1, eval_every=3,
+                    strategy=strategy)
     assert homellm("train", str(single)).returncode == 0
     result = homellm("train", str(ddp), "--nproc", "2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -128,6 +130,12 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_accumulation(
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
     assert one[6] < one[1]           # and they trained, not just agreed
+    assert f"2 ranks, {strategy}" in result.stdout
+    # the checkpoint gathered from the ranks resumes: two more steps on two ranks
+    more = homellm("train", "--resume", str(tmp_path / "two" / "run"), "--nproc", "2",
+                   "--set", "max_steps=8")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "resumed from" in more.stdout and max(train_losses(tmp_path / "two" / "run")) == 8
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(

@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,6 +60,9 @@ class TrainState:
     data_position: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     val_loss: float | None = None
+    # a sharded (FSDP2) run gathers the full optimizer state itself; it replaces
+    # optimizer.state_dict(), which would hold only this rank's shards
+    optimizer_state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,13 @@ def restore(
     scheduler: Any = None,
 ) -> None:
     """Load weights, optimizer and scheduler state, and every RNG, as they were at ``save``."""
+    restore_model(checkpoint, model)
+    if optimizer is not None or scheduler is not None:
+        restore_optimizer(checkpoint, optimizer, scheduler)
+
+
+def restore_model(checkpoint: Checkpoint, model: torch.nn.Module) -> None:
+    """Load the weights (strictly) and every RNG state."""
     try:
         missing, unexpected = load_model(model, checkpoint.path / MODEL_FILE, strict=False)
     except RuntimeError as exc:  # shape mismatch: torch's message spans several lines
@@ -271,18 +282,29 @@ def restore(
             f"{checkpoint.path}: weights do not fit this model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    if optimizer is not None or scheduler is not None:
-        opt_path = checkpoint.path / OPTIMIZER_FILE
-        if not opt_path.exists():
-            raise CheckpointError(f"{checkpoint.path}: no {OPTIMIZER_FILE} to restore from")
-        states = torch.load(opt_path, map_location="cpu", weights_only=True)
-        if optimizer is not None:
-            optimizer.load_state_dict(states["optimizer"])
-        if scheduler is not None:
-            if states.get("scheduler") is None:
-                raise CheckpointError(f"{checkpoint.path}: saved without a scheduler state")
-            scheduler.load_state_dict(states["scheduler"])
     _set_rng_state(torch.load(checkpoint.path / RNG_FILE, weights_only=True))
+
+
+def restore_optimizer(
+    checkpoint: Checkpoint,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any = None,
+    load_optimizer: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Load the optimizer and scheduler state; ``load_optimizer`` replaces
+    ``optimizer.load_state_dict`` (a sharded run scatters the full state itself)."""
+    opt_path = checkpoint.path / OPTIMIZER_FILE
+    if not opt_path.exists():
+        raise CheckpointError(f"{checkpoint.path}: no {OPTIMIZER_FILE} to restore from")
+    states = torch.load(opt_path, map_location="cpu", weights_only=True)
+    if load_optimizer is not None:
+        load_optimizer(states["optimizer"])
+    elif optimizer is not None:
+        optimizer.load_state_dict(states["optimizer"])
+    if scheduler is not None:
+        if states.get("scheduler") is None:
+            raise CheckpointError(f"{checkpoint.path}: saved without a scheduler state")
+        scheduler.load_state_dict(states["scheduler"])
 
 
 class CheckpointManager:
@@ -331,10 +353,12 @@ class CheckpointManager:
         try:
             save_model(state.model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
             _fsync_file(tmp / MODEL_FILE)
-            if state.optimizer is not None:
+            if state.optimizer is not None or state.optimizer_state is not None:
                 scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
+                optimizer_state = (state.optimizer_state if state.optimizer_state is not None
+                                   else state.optimizer.state_dict())   # type: ignore[union-attr]
                 _write(tmp / OPTIMIZER_FILE,
-                       _torch_bytes({"optimizer": state.optimizer.state_dict(),
+                       _torch_bytes({"optimizer": optimizer_state,
                                      "scheduler": scheduler}))
             _write(tmp / RNG_FILE, _torch_bytes(_rng_state()))
             trainer_state = {

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from homellm.data.reader import ShardSet, WindowLoader
 from homellm.train.distributed import Dist, all_sum
-from homellm.train.lm import LossModel, step_batch, token_nll
+from homellm.train.lm import step_batch, token_nll
 from homellm.train.loss import IGNORE_INDEX
 from homellm.train.metrics import bucket_positions, eval_metrics
 
@@ -83,19 +83,23 @@ def eval_windows(shards: ShardSet, seq_len: int, eval_tokens: int, micro_batch: 
     return min(available, wanted)
 
 
-def evaluate(loss_model: LossModel, shards: ShardSet, table: TokenTable, ctx: Dist, *,
+def evaluate(model: torch.nn.Module, shards: ShardSet, table: TokenTable, ctx: Dist, *,
              seq_len: int, micro_batch: int, eval_tokens: int, document_masking: bool,
              use_loss_mask: bool, precision: str) -> EvalResult | None:
-    """The split's metrics over its first windows in order (the same text at every eval);
-    ranks take alternate batches and sum. None when the split is too short for one window."""
+    """The split's metrics over its first windows in order (the same text at every eval).
+    ``model`` is the LossModel or its DDP/FSDP2 wrapping. Ranks take alternate batches and
+    sum; every rank runs the same number of forwards (FSDP2 gathers layers collectively), a
+    rank without a batch of its own running one with zero weight. None when the split is too
+    short for one window."""
     n_windows = eval_windows(shards, seq_len, eval_tokens, micro_batch)
     if n_windows < 1:
         return None
     batch_size = min(micro_batch, n_windows)
     loader = WindowLoader(shards, seq_len, batch_size, shuffle=False)
     n_batches = n_windows // batch_size
-    was_training = loss_model.training
-    loss_model.eval()
+    rounds = math.ceil(n_batches / ctx.world_size)
+    was_training = model.training
+    model.eval()
     device = ctx.device
     special = torch.from_numpy(table.special).to(device)
     n_bytes = torch.from_numpy(table.n_bytes).to(device)
@@ -105,16 +109,15 @@ def evaluate(loss_model: LossModel, shards: ShardSet, table: TokenTable, ctx: Di
     pos_count = torch.zeros(seq_len, dtype=torch.float64, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     try:
-        for index in range(n_batches):
-            batch = loader.next_batch()
-            if index % ctx.world_size != ctx.rank:
-                continue
-            step = step_batch(batch, device, document_masking=document_masking,
-                              use_loss_mask=use_loss_mask)
+        batches = [loader.next_batch() for _ in range(n_batches)]
+        for turn in range(rounds):
+            index = turn * ctx.world_size + ctx.rank
+            step = step_batch(batches[index % n_batches], device,
+                              document_masking=document_masking, use_loss_mask=use_loss_mask)
             with autocast:
-                nll = token_nll(loss_model, step)
+                nll = token_nll(model, step)
             targets = step.targets
-            valid = targets != IGNORE_INDEX
+            valid = (targets != IGNORE_INDEX) & (index < n_batches)
             safe = targets.clamp(min=0)
             counted = valid & ~special[safe]
             weights = counted.to(torch.float64)
@@ -124,7 +127,7 @@ def evaluate(loss_model: LossModel, shards: ShardSet, table: TokenTable, ctx: Di
             pos_sum += (nll.double() * weights).sum(dim=0)
             pos_count += weights.sum(dim=0)
     finally:
-        loss_model.train(was_training)
+        model.train(was_training)
     sums, pos_sum, pos_count = (all_sum(t, ctx) for t in (sums, pos_sum, pos_count))
     nll_sum, tokens, n_b, n_c = (float(v) for v in sums.tolist())
     if tokens < 1 or n_b < 1:

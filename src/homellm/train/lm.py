@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from homellm.data.reader import Batch
 from homellm.train.loss import IGNORE_INDEX, chunked_cross_entropy
@@ -80,26 +81,33 @@ class LossModel(torch.nn.Module):
         return out.last_hidden_state
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                positions: torch.Tensor | None = None, per_token: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """``(loss_sum, n_counted)``; with ``per_token`` the (B, T) NLL instead (eval: one
+        entry point, so DDP and FSDP2 hooks run for eval forwards too)."""
         hidden = self.hidden(inputs, positions)
+        if per_token:
+            return _token_nll(hidden, self.lm.lm_head.weight, targets, self.chunk_tokens)
         return chunked_cross_entropy(hidden, self.lm.lm_head.weight, targets,
                                      chunk_tokens=self.chunk_tokens)
 
 
-def token_nll(loss_model: LossModel, batch: StepBatch) -> torch.Tensor:
-    """Per-target NLL in nats (B, T), NaN-free: IGNORE_INDEX targets get 0. For eval only
-    (no gradient); chunked like the training loss."""
+def _token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+               chunk_tokens: int) -> torch.Tensor:
+    """Per-target NLL in nats (B, T); IGNORE_INDEX targets get 0. Chunked like the loss."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    parts = []
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        for start in range(0, flat.shape[0], chunk_tokens):
+            logits = F.linear(flat[start:start + chunk_tokens].float(), weight.float())
+            parts.append(F.cross_entropy(logits, flat_targets[start:start + chunk_tokens],
+                                         ignore_index=IGNORE_INDEX, reduction="none"))
+    return torch.cat(parts).reshape(targets.shape)
+
+
+def token_nll(model: torch.nn.Module, batch: StepBatch) -> torch.Tensor:
+    """Per-target NLL (B, T) of a batch, without gradients, through ``model`` (a LossModel or
+    its DDP/FSDP2 wrapping)."""
     with torch.no_grad():
-        hidden = loss_model.hidden(batch.inputs, batch.positions)
-        weight = loss_model.lm.lm_head.weight
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        targets = batch.targets.reshape(-1)
-        parts = []
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for start in range(0, flat.shape[0], loss_model.chunk_tokens):
-                logits = torch.nn.functional.linear(
-                    flat[start:start + loss_model.chunk_tokens].float(), weight.float())
-                parts.append(torch.nn.functional.cross_entropy(
-                    logits, targets[start:start + loss_model.chunk_tokens],
-                    ignore_index=IGNORE_INDEX, reduction="none"))
-        return torch.cat(parts).reshape(batch.targets.shape)
+        return model(batch.inputs, batch.targets, batch.positions, per_token=True)

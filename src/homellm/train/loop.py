@@ -17,18 +17,19 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from homellm.data.reader import WindowLoader
 from homellm.fsutil import atomic_write_text
 from homellm.tokenizer import load_tokenizer, tokenizer_id
 from homellm.train import checkpoint as ckpt
+from homellm.train import sharding
 from homellm.train.build import (
     check_memory,
     open_split,
@@ -137,12 +138,8 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
 
     lm = build_lm(config, vocab_size, ctx.device)
     progress.note(describe_params(lm))
-    if config.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loss_model = LossModel(lm)
-    optimizer, scheduler = optimizer_for(lm, config, ctx.device, total_steps)
 
-    # --- resume ------------------------------------------------------------------------------
+    # --- resume: weights before sharding, optimizer state after ----------------------------
     step, tokens_seen, position = 0, 0, {}
     log = RunLog(run_dir)
     if ctx.is_main:
@@ -153,23 +150,32 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
     for problem in problems:
         progress.note(f"checkpoint: {problem}")
     if latest is not None:
-        ckpt.restore(latest, lm, optimizer, scheduler)
+        ckpt.restore_model(latest, lm)
         step, tokens_seen, position = latest.step, latest.tokens_seen, latest.data_position
-        # every rank restored rank 0's RNG: give each its own stream again
-        torch.manual_seed(config.seed + 1_000_003 * step + ctx.rank)
+
+    if config.activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loss_model = LossModel(lm)
+    strategy = memory.strategy
+    wrapped = sharding.wrap(loss_model, strategy, ctx)
+    sharded = sharding.is_sharded(wrapped)
+    model = torch.compile(wrapped) if config.compile else wrapped
+    optimizer, scheduler = optimizer_for(lm, config, ctx.device, total_steps)
+    if ctx.distributed:
+        progress.note(f"{ctx.world_size} ranks, {strategy}")
+
+    if latest is not None:
+        load = (partial(sharding.load_full_optimizer_state, wrapped, optimizer) if sharded
+                else None)
+        ckpt.restore_optimizer(latest, optimizer, scheduler, load_optimizer=load)
+        if ctx.rank:   # the checkpoint holds rank 0's RNG; the others get their own stream
+            torch.manual_seed(config.seed + 1_000_003 * step + ctx.rank)
         if ctx.is_main:
             log.truncate_after(step)
             log.append({"kind": "event", "step": step, "time": time.time(),
                         "message": f"resumed from {latest.path.name}"})
         progress.note(f"resumed from {latest.path} (step {step}, {tokens_seen:,} tokens)")
     barrier(ctx)
-
-    model: torch.nn.Module = loss_model
-    if config.compile:
-        model = torch.compile(model)
-    if ctx.distributed:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
 
     manager = ckpt.CheckpointManager(run_dir, keep_last=config.checkpoint.keep_last,
                                      every_steps=config.checkpoint.every_steps,
@@ -182,18 +188,24 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
     val_loss: float | None = None
 
     def save(stage_index: int, loader: WindowLoader) -> None:
-        state = ckpt.TrainState(
-            model=lm, optimizer=optimizer, scheduler=scheduler, tokens_seen=tokens_seen,
-            data_position={"stage": stage_index, "loader": loader.state_dict()},
-            config={"model_config": lm.config.to_dict(), "tokenizer": config.tokenizer,
-                    "run": config.model_dump(mode="json"), "seq_len": loader.seq_len},
-            val_loss=val_loss)
+        # FSDP2: every rank helps gather the full states; rank 0 writes them
+        full = sharding.full_model_copy(lm, ctx) if sharded else lm
+        optimizer_state = (sharding.full_optimizer_state(wrapped, optimizer) if sharded
+                           else None)
         if ctx.is_main:
+            assert full is not None
+            state = ckpt.TrainState(
+                model=full, optimizer=optimizer, scheduler=scheduler, tokens_seen=tokens_seen,
+                data_position={"stage": stage_index, "loader": loader.state_dict()},
+                config={"model_config": lm.config.to_dict(), "tokenizer": config.tokenizer,
+                        "run": config.model_dump(mode="json"), "seq_len": loader.seq_len},
+                val_loss=val_loss, optimizer_state=optimizer_state)
             saved = manager.save(step, state)
             log.append({"kind": "event", "step": step, "time": time.time(),
                         "message": f"checkpoint {saved.path.name}"})
             if config.sample_prompts:
-                texts = greedy_samples(lm, tokenizer, config.sample_prompts, 32, ctx.device,
+                device = torch.device("cpu") if sharded else ctx.device
+                texts = greedy_samples(full, tokenizer, config.sample_prompts, 32, device,
                                        stop_ids)
                 for prompt, text in zip(config.sample_prompts, texts, strict=True):
                     log.append({"kind": "sample", "step": step, "time": time.time(),
@@ -204,7 +216,7 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         split = val_split if split_name == "val" else test_split
         if split is None:
             return None
-        result = evaluate(loss_model, split, table, ctx, seq_len=stage_seq,
+        result = evaluate(wrapped, split, table, ctx, seq_len=stage_seq,
                           micro_batch=micro_batch, eval_tokens=config.eval_tokens,
                           document_masking=config.document_masking, use_loss_mask=use_mask,
                           precision=precision)
@@ -233,7 +245,7 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         if plan.stage.rope_theta:
             set_rope_theta(lm, plan.stage.rope_theta)
         loader = WindowLoader(train_split, seq_len, micro_batch, seed=config.seed + plan.index,
-                              rank=ctx.rank, world_size=ctx.world_size)
+                              rank=ctx.rank, world_size=ctx.world_size, mix=plan.stage.mix)
         if position.get("stage") == plan.index:
             loader.load_state_dict(position["loader"])
         elif ctx.is_main and len(stages) > 1:
@@ -258,16 +270,14 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
             loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
             for index, batch in enumerate(batches):
                 last = index == len(batches) - 1
-                no_sync = (model.no_sync() if ctx.distributed and not last
-                           else contextlib.nullcontext())
-                with no_sync, autocast:
+                with sharding.no_sync(wrapped, sync=last), autocast:
                     part, _ = model(batch.inputs, batch.targets, batch.positions)
                     (part * scale).backward()
                 loss_sum += part.detach().double()
             grad_norm = None
             if config.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(lm.parameters(),
-                                                                 config.grad_clip))
+                grad_norm = sharding.grad_norm_value(
+                    torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -313,7 +323,9 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         return Outcome("stopped", step, run_dir)
 
     run_eval("test", stages[-1].stage.seq_len, stages[-1].micro_batch)
-    if config.needle_probe and test_split is not None and ctx.is_main:
+    if config.needle_probe and sharded:
+        progress.note("needle probe: not run under FSDP2 (the probe runs on one device)")
+    elif config.needle_probe and test_split is not None and ctx.is_main:
         _needle(lm, tokenizer, test_split, stages[-1].stage.seq_len, step, log, ctx, progress)
     _write_report(run_dir, ctx)
     progress.finish(step, stopped=False)
