@@ -24,7 +24,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def write_run(folder: Path, corpus: dict[str, Path], **settings: Any) -> Path:
-    """A run config for the tiny preset on CPU, small enough for a few seconds a run."""
+    """A run config for the tiny preset on CPU, small enough for a few seconds a run; a
+    setting given as None is left out of the file."""
     config: dict[str, Any] = {
         "model": "tiny", "tokenizer": str(corpus["tokenizer"]),
         "dataset": str(corpus["dataset"]), "out": str(folder / "run"),
@@ -34,6 +35,7 @@ def write_run(folder: Path, corpus: dict[str, Path], **settings: Any) -> Path:
         "sample_prompts": [], "log_every": 1,
     }
     config.update(settings)
+    config = {key: value for key, value in config.items() if value is not None}  # None: unset
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), "utf-8")

@@ -112,18 +112,25 @@ def build_lm(config: RunConfig, vocab_size: int, device: torch.device) -> torch.
     return build_model(run_model_config(config, vocab_size), device=device)
 
 
-def set_rope_theta(lm: torch.nn.Module, theta: float) -> None:
-    """Switch RoPE's base between curriculum stages: the config (so export writes it) and
-    the rotary embedding's frequencies."""
+def set_rope(lm: torch.nn.Module, base: dict[str, Any], theta: float | None,
+             yarn_factor: float | None, original_length: int) -> None:
+    """Set RoPE for a curriculum stage: the model's own ``base`` parameters with the stage's θ
+    and YaRN scaling (a stage without them gets the base back, so a resumed run matches an
+    uninterrupted one), in the config (export writes it) and the rotary frequencies."""
     config = lm.config
     params = dict(getattr(config, "rope_parameters", None) or {})
-    if params.get("rope_theta") == theta:
+    wanted = dict(base)
+    if theta:
+        wanted["rope_theta"] = float(theta)
+    if yarn_factor:
+        wanted.update({"rope_type": "yarn", "factor": float(yarn_factor),
+                       "original_max_position_embeddings": int(original_length)})
+    if wanted == params:
         return
-    params["rope_theta"] = float(theta)
-    config.rope_parameters = params
+    config.rope_parameters = wanted
     rotary = lm.model.rotary_emb
     device = rotary.inv_freq.device
-    lm.model.rotary_emb = type(rotary)(config=config, device=device)
+    lm.model.rotary_emb = type(rotary)(config=config).to(device)
 
 
 def optimizer_for(lm: torch.nn.Module, config: RunConfig, device: torch.device,

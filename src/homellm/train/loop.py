@@ -35,7 +35,7 @@ from homellm.train.build import (
     open_split,
     optimizer_for,
     plan_stages,
-    set_rope_theta,
+    set_rope,
     shards_folder,
 )
 from homellm.train.distributed import Dist, all_sum, any_rank, barrier, setup, teardown
@@ -137,6 +137,7 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
     from homellm.train.presets import describe_params
 
     lm = build_lm(config, vocab_size, ctx.device)
+    base_rope = dict(getattr(lm.config, "rope_parameters", None) or {})
     progress.note(describe_params(lm))
 
     # --- resume: weights before sharding, optimizer state after ----------------------------
@@ -242,8 +243,8 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         if step >= plan.end_step:
             continue
         seq_len, micro_batch = plan.stage.seq_len, plan.micro_batch
-        if plan.stage.rope_theta:
-            set_rope_theta(lm, plan.stage.rope_theta)
+        set_rope(lm, base_rope, plan.stage.rope_theta, plan.stage.yarn_factor,
+                 config.yarn_original(plan.index))
         loader = WindowLoader(train_split, seq_len, micro_batch, seed=config.seed + plan.index,
                               rank=ctx.rank, world_size=ctx.world_size, mix=plan.stage.mix)
         if position.get("stage") == plan.index:

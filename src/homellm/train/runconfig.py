@@ -63,6 +63,9 @@ class Stage(_Strict):
     seq_len: int = Field(ge=16)
     tokens: int = Field(gt=0, description="tokens trained in this stage")
     rope_theta: float | None = Field(default=None, gt=0, description="None: the run's")
+    yarn_factor: float | None = Field(
+        default=None, gt=1, description="YaRN: stretch RoPE by this factor over the previous "
+        "stage's length (written into the exported config)")
     micro_batch: int | None = Field(default=None, ge=1, description="None: the run's")
     mix: dict[str, float] | None = Field(
         default=None, description="relative weights of dataset sources, e.g. {books: 0.5}")
@@ -120,6 +123,10 @@ class RunConfig(_Strict):
     document_masking: bool = Field(default=True,
                                    description="attention stops at document boundaries")
     rope_theta: float | None = Field(default=None, gt=0, description="None: the preset's")
+    yarn_factor: float | None = Field(
+        default=None, gt=1, description="YaRN over yarn_original_length (single-stage runs)")
+    yarn_original_length: int | None = Field(
+        default=None, ge=16, description="the length the model was trained at before YaRN")
     curriculum: list[Stage] | None = Field(default=None, min_length=1)
     gpus: list[int] | None = Field(default=None, description="None: all visible; []: CPU")
     strategy: Literal["auto", "ddp", "fsdp2"] = "auto"
@@ -185,6 +192,12 @@ class RunConfig(_Strict):
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is more than max_steps "
                              f"{self.max_steps}")
+        if self.yarn_factor and not self.yarn_original_length:
+            raise ValueError("yarn_original_length: yarn_factor stretches RoPE from a shorter "
+                             "trained length: set it (or use curriculum stages)")
+        if self.curriculum and self.curriculum[0].yarn_factor:
+            raise ValueError("curriculum.0.yarn_factor: YaRN stretches a previous stage's "
+                             "length; the first stage has none")
         if self.objective == "sft" and self.init_from is None:
             raise ValueError("init_from: sft starts from a trained model: name its exported "
                              "folder")
@@ -213,7 +226,13 @@ class RunConfig(_Strict):
                     for s in self.curriculum]
         return [Stage.model_construct(seq_len=self.seq_len, tokens=self.tokens or 0,
                                       rope_theta=self.rope_theta, micro_batch=self.micro_batch,
-                                      mix=None)]
+                                      yarn_factor=self.yarn_factor, mix=None)]
+
+    def yarn_original(self, stage_index: int) -> int:
+        """The pre-YaRN length a stage stretches: the previous stage's, or the run's setting."""
+        if self.curriculum and stage_index > 0:
+            return self.curriculum[stage_index - 1].seq_len
+        return self.yarn_original_length or self.seq_len
 
     @property
     def max_seq_len(self) -> int:
