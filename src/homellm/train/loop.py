@@ -31,6 +31,7 @@ from homellm.tokenizer import load_tokenizer, tokenizer_id
 from homellm.train import checkpoint as ckpt
 from homellm.train import sharding
 from homellm.train.build import (
+    TrainError,
     check_memory,
     open_split,
     optimizer_for,
@@ -104,6 +105,10 @@ def run_training(config: RunConfig, progress: TrainProgress) -> Outcome:
     try:
         with StopFlag() as stop:
             return _train(config, ctx, progress, stop)
+    except torch.OutOfMemoryError:
+        raise TrainError("out of GPU memory (the estimate was too low): set "
+                         "activation_checkpointing: true or a smaller micro_batch; the last "
+                         "checkpoint is intact") from None
     finally:
         teardown()
 
@@ -285,8 +290,8 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
             optimizer.zero_grad(set_to_none=True)
             loss = float(all_sum(loss_sum, ctx)) / max(float(counted), 1.0)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss}; lower lr or check "
-                                         "the data (the last checkpoint is intact)")
+                raise TrainError(f"step {step + 1}: loss is {loss}; lower lr or check the "
+                                 "data (the last checkpoint is intact; resume with --resume)")
             step += 1
             tokens_seen += plan.tokens_per_step
             elapsed = time.perf_counter() - started

@@ -30,6 +30,7 @@ class TrainProgress:
         self._total = 0
         self._started = 0.0
         self._first_step = 0
+        self._rate: float | None = None     # smoothed tokens/s: single steps are noisy
 
     def note(self, message: str) -> None:
         if self.enabled:
@@ -48,7 +49,11 @@ class TrainProgress:
     def step(self, step: int, *, loss: float, tokens_per_s: float, mfu: float | None) -> None:
         if not self.enabled:
             return
-        info = _info(loss, tokens_per_s, mfu)
+        if self._rate is not None and mfu is not None and tokens_per_s:
+            mfu *= (0.9 * self._rate + 0.1 * tokens_per_s) / tokens_per_s
+        self._rate = (tokens_per_s if self._rate is None
+                      else 0.9 * self._rate + 0.1 * tokens_per_s)
+        info = _info(loss, self._rate, mfu)
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self._total:

@@ -397,7 +397,7 @@ def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
     seq_key = f"curriculum.{index}.seq_len" if config.curriculum else "seq_len"
     fixes = _fixes(spec, gpu_memory_gib, n_gpus, stage.seq_len, strategy, worst, mb_key, seq_key)
     raise ConfigError(f"{where}needs {worst.total.value:.1f} GiB per GPU > "
-                      f"{worst.capacity.value:.1f} GiB usable of {gpu_memory_gib:g} "
+                      f"{worst.capacity.value:.1f} GiB usable of {round(gpu_memory_gib, 1):g} "
                       f"({strategy}, {n_gpus} GPU{'s' if n_gpus > 1 else ''}): {fixes}")
 
 
