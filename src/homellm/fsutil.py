@@ -39,3 +39,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())

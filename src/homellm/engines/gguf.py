@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from homellm.errors import EngineError, HomellmError
-from homellm.fsutil import atomic_write_text, homellm_home
+from homellm.fsutil import atomic_write_text, fsync_dir, homellm_home
 
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
 CONVERTER_ENV = "HOMELLM_GGUF_CONVERTER"  # an explicit path to convert_hf_to_gguf.py
@@ -233,9 +233,9 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str = "f32",
             raise EngineError(f"GGUF conversion of {model_dir} wrote nothing: "
                               f"{_last_line(done.stderr)}")
         os.chmod(tmp, 0o644)  # mkstemp made it 0600
-        _fsync(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, out_file)
-        _fsync(out_file.parent)
+        fsync_dir(out_file.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -245,14 +245,6 @@ def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str = "f32",
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no error output"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

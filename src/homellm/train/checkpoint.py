@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from homellm.errors import HomellmError
+from homellm.fsutil import fsync_dir, fsync_file
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -84,19 +85,6 @@ class Latest(NamedTuple):
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _sha256(path: Path) -> str:
@@ -352,7 +340,7 @@ class CheckpointManager:
         tmp.mkdir()
         try:
             save_model(state.model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-            _fsync_file(tmp / MODEL_FILE)
+            fsync_file(tmp / MODEL_FILE)
             if state.optimizer is not None or state.optimizer_state is not None:
                 scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
                 optimizer_state = (state.optimizer_state if state.optimizer_state is not None
@@ -378,7 +366,7 @@ class CheckpointManager:
             }
             manifest = {"format_version": FORMAT_VERSION, "step": step, "files": files}
             _write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode("utf-8"))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():
                 # Same step saved again (a resumed run re-reaching it): the newer one wins.
                 old = self.root / f".old-{final.name}-{os.getpid()}"
@@ -387,7 +375,7 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -417,7 +405,7 @@ class CheckpointManager:
             if folder not in keep:
                 doomed = self.root / f".del-{folder.name}-{os.getpid()}"
                 folder.rename(doomed)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 shutil.rmtree(doomed, ignore_errors=True)
 
     def _remove_leftovers(self) -> None:

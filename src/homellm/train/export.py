@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from homellm.errors import HomellmError
+from homellm.fsutil import fsync_dir
 from homellm.tokenizer import EOT, IM_END, PAD, load_tokenizer, special_id, tokenizer_id
 from homellm.train import checkpoint as ckpt
 
@@ -181,20 +182,12 @@ def _run_model(run: Any) -> str | None:
     return str(model) if model else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for entry in root.rglob("*"):
         if entry.is_file():
             with open(entry, "rb+") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _replace(staging: Path, out: Path) -> None:
@@ -207,7 +200,7 @@ def _replace(staging: Path, out: Path) -> None:
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
     staging.rename(out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
