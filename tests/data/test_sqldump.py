@@ -4,16 +4,13 @@ the hard cases; truncated and corrupt dumps; memory bounded on a dump bigger tha
 
 from __future__ import annotations
 
-import glob
 import gzip
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,52 +166,7 @@ def test_postgres_dump_quoting_copy_and_e_strings(tmp_path: Path) -> None:
     assert rows_of(dump, tables={"other"}) == []
 
 
-# -- the real pg_dump ---------------------------------------------------------------------------
-def _pg_bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Callable[..., bytes]]:
-    """A throwaway PostgreSQL cluster on a Unix socket; yields ``run(tool, *args, input=)``."""
-    tools = {n: _pg_bin(n) for n in ("initdb", "pg_ctl", "psql", "pg_dump")}
-    if None in tools.values():
-        pytest.skip("PostgreSQL binaries are not installed (.ci/install-db-tools.sh)")
-    prefix: list[str] = []
-    if os.geteuid() == 0:   # postgres refuses to run as root
-        if shutil.which("runuser") is None or subprocess.run(
-                ["id", "postgres"], capture_output=True).returncode != 0:
-            pytest.skip("running as root without a postgres user to start PostgreSQL as")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    # not under pytest's basetemp: its 0700 parent keeps the postgres user out
-    home = Path(tempfile.mkdtemp(prefix="homellm-pg-"))
-    if prefix:
-        shutil.chown(home, "postgres")
-    data, sock = home / "data", str(home)
-
-    def run(tool: str, *args: str, input: str | None = None) -> bytes:
-        cmd = [*prefix, tools.get(tool) or tool, *args]
-        if tool in ("psql", "pg_dump"):
-            cmd += ["-h", sock, "-p", "54329", "-U", "postgres", "-d", "postgres"]
-        # bytes, not text: universal newlines would turn a '\r' inside a string into '\n'
-        done = subprocess.run(cmd, input=input.encode() if input else None, capture_output=True,
-                              timeout=60, env={**os.environ, "LC_ALL": "C.UTF-8"})
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed: {done.stderr.decode(errors='replace')}")
-        return done.stdout
-
-    run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-        "--locale=C.UTF-8")
-    run("pg_ctl", "-D", str(data), "-w", "-l", str(home / "log"), "-o",
-        f"-k {sock} -c listen_addresses='' -p 54329 -c fsync=off", "start")
-    try:
-        yield run
-    finally:
-        run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(home, ignore_errors=True)
-
-
+# -- the real pg_dump (the throwaway cluster: the `postgres` fixture in conftest.py) -------
 def _load_pg(run: Callable[..., bytes], texts: list[str | None]) -> list[tuple]:
     rows = [(i + 1, 100 + i // 3, t) for i, t in enumerate(texts)]
     copy = "".join(f"{i}\t{c}\t{_copy_field(t)}\n" for i, c, t in rows)

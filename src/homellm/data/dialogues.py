@@ -21,10 +21,14 @@ import yaml
 
 from homellm.data.records import Conversation, Role, Turn
 from homellm.data.sqldump import DumpReader, DumpStats, Value
-from homellm.errors import ConfigError
+from homellm.errors import ConfigError, HomellmError
 
 ROLES: tuple[str, ...] = ("user", "assistant", "system")
 _KEYS = ("table", "conversation", "text", "role", "order", "roles", "min_turns")
+
+
+class DatabaseError(HomellmError):
+    """A live database that cannot be reached or read (the driver's reason, on one line)."""
 
 
 @dataclass
@@ -172,10 +176,26 @@ def _live_kind(source: str | Path) -> str | None:
 
 
 class _Live:
-    """A live database through the DB-API: SQLite always, the others when a driver is there."""
+    """A live database through the DB-API: SQLite always, the others when a driver is there.
+    The driver's errors become one-line ``DatabaseError``s naming the URL without its password."""
 
     def __init__(self, source: str | Path, kind: str) -> None:
         self.kind, self.label, url = kind, source_label(source), str(source)
+        secret = re.match(r"[\w+.-]+://[^:/@]*:([^@/]*)@", url)
+        self._secret = secret[1] if secret and secret[1] else None
+        self._cursors = 0
+        self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        try:
+            self._connect(url)
+        except self.errors as exc:
+            raise DatabaseError(f"{self.label}: cannot connect ({self.reason(exc)})") from None
+
+    def reason(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _connect(self, url: str) -> None:
+        kind = self.kind
         if kind == "sqlite":
             path = re.sub(r"^sqlite:///", "", url) if url.startswith("sqlite:") else url
             if not Path(path).is_file():
@@ -187,7 +207,9 @@ class _Live:
             except ImportError:
                 raise ConfigError(f"{self.label}: reading PostgreSQL needs its driver: "
                                   "pip install 'psycopg[binary]' (or use a pg_dump file)") from None
-            self.conn = psycopg.connect(url.replace("postgres://", "postgresql://", 1))
+            self.errors = (psycopg.Error,)
+            self.conn = psycopg.connect(url.replace("postgres://", "postgresql://", 1),
+                                        connect_timeout=10)
         else:
             try:
                 import pymysql  # type: ignore[import-not-found]
@@ -198,6 +220,7 @@ class _Live:
             m = re.match(r"\w+://(?:([^:@/]*)(?::([^@/]*))?@)?([^:/]*)(?::(\d+))?/(\w+)", url)
             if m is None:
                 raise ConfigError(f"{self.label}: expected mysql://user:pass@host:port/db")
+            self.errors = (pymysql.err.Error,)
             self.conn = pymysql.connect(user=m[1] or "root", password=m[2] or "",
                                         host=m[3] or "localhost", port=int(m[4] or 3306),
                                         database=m[5], cursorclass=pymysql.cursors.SSCursor)
@@ -208,11 +231,20 @@ class _Live:
         return ".".join('"' + p.replace('"', '""') + '"' for p in name.split("."))
 
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
-        cur = self.conn.cursor(name="homellm") if self.kind == "postgresql" else self.conn.cursor()
-        cur.execute(sql)
-        while batch := cur.fetchmany(1000):
-            yield from batch
-        cur.close()
+        """Rows in batches (a server-side cursor: a big table is never held whole); the cursor
+        is closed even when the caller stops early, so the next query can run."""
+        self._cursors += 1
+        try:
+            cur = (self.conn.cursor(name=f"homellm_{self._cursors}")
+                   if self.kind == "postgresql" else self.conn.cursor())
+            try:
+                cur.execute(sql)
+                while batch := cur.fetchmany(1000):
+                    yield from batch
+            finally:
+                cur.close()
+        except self.errors as exc:
+            raise DatabaseError(f"{self.label}: {self.reason(exc)}") from None
 
     def tables(self) -> dict[str, list[str]]:
         if self.kind == "sqlite":
@@ -247,9 +279,9 @@ def iter_conversations(source: str | Path, mapping: DialogueMap, *, skip_bad: bo
             cols = db.tables()[table]
             sel = ", ".join(db.quote(cols[i]) if i >= 0 else "NULL" for i in idx)
             order = ", ".join(db.quote(cols[i]) for i in idx[:2] if i >= 0)
-            rows = ((r[0], r[2], r[3]) for r in
-                    db.query(f"SELECT {sel} FROM {db.quote(table)} ORDER BY {order}"))
-            yield from _build(rows, mapping, f"{Path(label).name}:{table}", label, stats)
+            rows = db.query(f"SELECT {sel} FROM {db.quote(table)} ORDER BY {order}")
+            yield from _build(_live_rows(rows, stats), mapping, f"{Path(label).name}:{table}",
+                              label, stats)
         finally:
             db.conn.close()
         return
@@ -261,6 +293,27 @@ def iter_conversations(source: str | Path, mapping: DialogueMap, *, skip_bad: bo
             yield from _build(rows, mapping, f"{Path(source).name}:{table}", label, stats)
         finally:
             spill.close()
+
+
+def _plain(value: Any) -> Value:
+    """A driver's value as a dump would give it: dates, decimals, UUIDs... as their text."""
+    if value is None or isinstance(value, (str, int, float, bytes)):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return str(value)
+
+
+def _live_rows(rows: Iterator[tuple[Any, ...]],
+               stats: DialogueStats) -> Iterator[tuple[Any, Any, Any]]:
+    """(conversation, order, role, text) rows → (conversation, role, text), counted; rows
+    without a conversation id dropped (and counted) as in a dump."""
+    for conv, _, speaker, text in rows:
+        stats.rows += 1
+        if conv is None:
+            stats.no_conversation += 1
+            continue
+        yield _plain(conv), speaker, text
 
 
 def _spill(path: Path, mapping: DialogueMap, db: sqlite3.Connection, skip_bad: bool,
@@ -354,9 +407,9 @@ def inspect_dump(path_or_url: str | Path, samples: int = 3, *,
         try:
             out = []
             for name, cols in db.tables().items():
-                count = next(db.query(f"SELECT COUNT(*) FROM {db.quote(name)}"))[0]
-                first = list(itertools.islice(db.query(f"SELECT * FROM {db.quote(name)}"),
-                                              samples))
+                [(count,)] = db.query(f"SELECT COUNT(*) FROM {db.quote(name)}")
+                first = [tuple(_plain(v) for v in row) for row in db.query(
+                    f"SELECT * FROM {db.quote(name)} LIMIT {max(0, int(samples))}")]
                 out.append(TableInfo(name, tuple(cols), count, first))
             return out
         finally:
