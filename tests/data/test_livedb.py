@@ -247,8 +247,6 @@ def test_unreachable_server_one_line_error(scheme: str, command: str, tmp_path: 
     assert "connect" in errors[0].lower()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py keeps the URL as given (password included) "
-                   "as the input's source in the dataset's manifest.json")
 def test_manifest_keeps_no_password(pg_url: str, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     done = homellm("data", "ingest", pg_url, "-o", str(out), "--map", MAP, "--workers", "1")

@@ -189,7 +189,7 @@ def _read_bytes() -> int:
 def ingest_one(item: Input, ident: str, out: Path, options: IngestOptions) -> InputResult:
     """Read, clean and write one input (in a worker process); the output appears whole or
     not at all."""
-    result = InputResult(ident, item.source, item.kind, item.size)
+    result = InputResult(ident, source_label(item.source), item.kind, item.size)
     began, start_bytes = time.perf_counter(), _read_bytes()
     stop = threading.Event()
 
@@ -315,7 +315,8 @@ def _ingest_all(todo: list[tuple[Input, str]], layout: DatasetLayout, options: I
                             other.cancel()
                         raise
                     # --skip-bad: the input is left out and said so; the next run retries it
-                    entry = {**asdict(InputResult(ident, item.source, item.kind, item.size)),
+                    failed = InputResult(ident, source_label(item.source), item.kind, item.size)
+                    entry = {**asdict(failed),
                              "status": "failed", "error": str(exc)}
                 done_bytes += item.size
                 manifest["inputs"][ident] = entry
