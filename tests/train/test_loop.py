@@ -207,3 +207,20 @@ def test_the_checkpoint_holds_what_export_needs(tmp_path: Path,
     assert state["config"]["tokenizer"] == str(corpus["tokenizer"])
     assert state["config"]["seq_len"] == 32
     assert state["data_position"]["loader"]["index"] == 5 * 4
+
+
+def test_attention_kernel_choice(corpus: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    from homellm.errors import ConfigError
+    from homellm.train.build import attention_for
+    from homellm.train.runconfig import load_run_config
+
+    config = load_run_config(write_run(tmp_path, corpus))
+    assert attention_for(config, torch.device("cpu")) == "sdpa"
+    assert attention_for(config, torch.device("cuda")) == "flex_attention"
+    unmasked = config.model_copy(update={"document_masking": False})
+    assert attention_for(unmasked, torch.device("cuda")) == "sdpa"
+    flex = config.model_copy(update={"attention": "flex_attention"})
+    with pytest.raises(ConfigError, match="no backward on CPU"):
+        attention_for(flex, torch.device("cpu"))

@@ -92,8 +92,27 @@ def plan_stages(config: RunConfig, world_size: int) -> list[StagePlan]:
 
 # --- the model ---------------------------------------------------------------------------------
 
+def attention_for(config: RunConfig, device: torch.device) -> str:
+    """The attention kernel: transformers turns restarting position ids into a packed-sequence
+    mask for each of them (a dense boolean mask for SDPA, a BlockMask for FlexAttention)."""
+    if config.attention != "auto":
+        if device.type == "cpu" and config.attention != "sdpa":
+            raise ConfigError(f"attention: {config.attention} has no backward on CPU; use "
+                              "sdpa (or auto)")
+        return config.attention
+    return "flex_attention" if device.type == "cuda" and config.document_masking else "sdpa"
+
+
 def build_lm(config: RunConfig, vocab_size: int, device: torch.device) -> torch.nn.Module:
-    """A fresh model of the run's config, or the weights of ``init_from`` (an exported folder)."""
+    """A fresh model of the run's config, or the weights of ``init_from`` (an exported folder),
+    with the run's attention kernel."""
+    lm = _load_or_build(config, vocab_size, device)
+    lm.set_attn_implementation(attention_for(config, device))
+    return lm
+
+
+def _load_or_build(config: RunConfig, vocab_size: int, device: torch.device
+                   ) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     from homellm.train.presets import build_model

@@ -122,6 +122,10 @@ class RunConfig(_Strict):
     compile: bool = False
     document_masking: bool = Field(default=True,
                                    description="attention stops at document boundaries")
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2"] = Field(
+        default="auto", description="auto: flex_attention on GPU with document masking (a "
+        "sparse block mask instead of SDPA's dense one, which at 108K is 11 GiB a row), "
+        "else sdpa")
     rope_theta: float | None = Field(default=None, gt=0, description="None: the preset's")
     yarn_factor: float | None = Field(
         default=None, gt=1, description="YaRN over yarn_original_length (single-stage runs)")
