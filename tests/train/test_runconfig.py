@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from homellm.errors import ConfigError
+from homellm.train.preflight import (
+    describe_memory,
+    preflight_memory,
+    run_model_config,
+    run_model_spec,
+)
 from homellm.train.presets import preset_config
 from homellm.train.runconfig import (
     RunConfig,
     apply_overrides,
-    describe_memory,
     load_run_config,
     parse_run_config,
-    preflight_memory,
-    run_model_config,
-    run_model_spec,
 )
 
 BASE = """\

@@ -16,7 +16,8 @@ from homellm.data.shards import MANIFEST, ShardError
 from homellm.errors import ConfigError, HomellmError
 from homellm.plan.train_memory import MemoryPlan
 from homellm.train.distributed import Dist
-from homellm.train.runconfig import RunConfig, Stage, preflight_memory, run_model_config
+from homellm.train.preflight import preflight_memory, run_model_config
+from homellm.train.runconfig import RunConfig, Stage
 from homellm.train.schedule import lambda_for
 
 

@@ -85,7 +85,7 @@ def _preflight(config: Any, gpus: list[int], nproc: int) -> str:
     import torch
 
     from homellm.train.build import _mem_available_gib
-    from homellm.train.runconfig import describe_memory, preflight_memory
+    from homellm.train.preflight import describe_memory, preflight_memory
 
     if gpus:
         memory = torch.cuda.get_device_properties(gpus[0]).total_memory / 2**30
@@ -159,7 +159,7 @@ def train_command(
 
 def _print_plan(config: Any, processes: int) -> None:
     from homellm.train.build import plan_stages
-    from homellm.train.runconfig import run_model_spec
+    from homellm.train.preflight import run_model_spec
 
     spec = run_model_spec(config)
     console.print(f"model: {config.model}: {spec.params.total / 1e6:,.1f}M parameters")

@@ -42,8 +42,9 @@ from homellm.train.build import (
 from homellm.train.distributed import Dist, all_sum, any_rank, barrier, setup, teardown
 from homellm.train.evaluate import TokenTable, evaluate, greedy_samples
 from homellm.train.lm import LossModel, step_batch
+from homellm.train.preflight import describe_memory
 from homellm.train.progress import TrainProgress
-from homellm.train.runconfig import RunConfig, describe_memory
+from homellm.train.runconfig import RunConfig
 from homellm.train.runlog import RunLog
 
 RUN_CONFIG_FILE = "run.json"
