@@ -43,3 +43,16 @@ def test_plan_accuracy_runs(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["serve"] and len(results["train"]) == 4
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_train_cpu_quick(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_cpu.py"),
+                           "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [path] = tmp_path.glob("train_cpu-*.json")
+    results = json.loads(path.read_text())
+    [row] = results["presets"]["tiny"]["rounds"]
+    assert row["figures"]["plain"]["tokens_per_s"] > 0
+    assert row["figures"]["homellm"]["tokens_per_s"] > 0
+    assert row["ratio_vs_plain"]["homellm"] > 0
