@@ -91,8 +91,9 @@ def test_bf16_inputs_give_fp32_loss_and_input_dtype_grads() -> None:
 
 
 def test_only_inputs_are_kept_for_backward() -> None:
-    """Every float tensor autograd saves shares storage with hidden or the weight, the rest
-    are chunks of targets: no chunk's logits (or softmax) outlive it; the full path saves them."""
+    """Every float tensor autograd saves shares storage with hidden or the weight, except the
+    last chunk's logits (the backward needs them first, so keeping them adds no peak); the rest
+    are chunks of targets. No other chunk's logits outlive it; the full path saves them all."""
     hidden, weight, targets, mask = _inputs(4)
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
@@ -106,7 +107,10 @@ def test_only_inputs_are_kept_for_backward() -> None:
         loss_sum, n = chunked_cross_entropy(h, w, targets, mask, chunk_tokens=16)
     inputs = {x.untyped_storage().data_ptr() for x in (h, w)}
     floats = [x for x in saved if x.is_floating_point()]
-    assert floats and all(x.untyped_storage().data_ptr() in inputs for x in floats)
+    others = [x for x in floats if x.untyped_storage().data_ptr() not in inputs]
+    last_rows = B * T - 16 * ((B * T - 1) // 16)
+    assert floats and others
+    assert all(x.numel() <= last_rows * max(V, H) for x in others), [x.shape for x in others]
     assert all(x.dtype == torch.int64 and x.numel() <= 16 for x in saved
                if not x.is_floating_point())
     (loss_sum / n).backward()                       # recomputation works after the hooks

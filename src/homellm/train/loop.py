@@ -105,7 +105,11 @@ def run_training(config: RunConfig, progress: TrainProgress) -> Outcome:
     ctx = setup(use_gpu=config.gpus != [])
     try:
         with StopFlag() as stop:
-            return _train(config, ctx, progress, stop)
+            outcome = _train(config, ctx, progress, stop)
+        # ranks leave together: gloo aborts a rank that tears down while rank 0 still writes
+        # the report
+        barrier(ctx)
+        return outcome
     except torch.OutOfMemoryError:
         raise TrainError("out of GPU memory (the estimate was too low): set "
                          "activation_checkpointing: true or a smaller micro_batch; the last "

