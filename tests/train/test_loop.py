@@ -224,3 +224,18 @@ def test_attention_kernel_choice(corpus: dict[str, Path], tmp_path: Path) -> Non
     flex = config.model_copy(update={"attention": "flex_attention"})
     with pytest.raises(ConfigError, match="no backward on CPU"):
         attention_for(flex, torch.device("cpu"))
+
+
+def test_activation_checkpointing_changes_memory_not_the_losses(
+        tmp_path: Path, corpus: dict[str, Path]) -> None:
+    plain = write_run(tmp_path / "plain", corpus, max_steps=4, eval_every=100)
+    saved = write_run(tmp_path / "ac", corpus, max_steps=4, eval_every=100,
+                      activation_checkpointing=True)
+    assert homellm("train", str(plain)).returncode == 0
+    result = homellm("train", str(saved))
+    assert result.returncode == 0, result.stderr
+    assert "checkpointing" in result.stdout           # the memory line says it is on
+    one, two = train_losses(tmp_path / "plain" / "run"), train_losses(tmp_path / "ac" / "run")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-6), step
