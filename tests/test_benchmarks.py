@@ -56,3 +56,19 @@ def test_train_cpu_quick(tmp_path: Path) -> None:
     assert row["figures"]["plain"]["tokens_per_s"] > 0
     assert row["figures"]["homellm"]["tokens_per_s"] > 0
     assert row["ratio_vs_plain"]["homellm"] > 0
+
+
+def test_train_gpu_script_runs_on_cpu_quick(tmp_path: Path) -> None:
+    """The GPU benchmark's own logic (runs, medians, the context search), on CPU with the tiny
+    preset; the GPU figures come from running it on a GPU machine."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_gpu.py"),
+                           "--device", "cpu", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [path] = tmp_path.glob("train_gpu-cpu-quick-*.json")
+    results = json.loads(path.read_text())
+    assert [(r["preset"], r["seq_len"]) for r in results["throughput"]] == [("tiny", 64),
+                                                                          ("tiny", 128)]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in results["throughput"])
+    longest = results["longest_context"]["tiny"]
+    assert longest["longest"] == 256 and all(t["trained"] for t in longest["tried"])
