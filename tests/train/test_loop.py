@@ -115,6 +115,29 @@ def test_ctrl_c_saves_and_exits_130_then_resumes(tmp_path: Path,
     assert max(train_losses(run_dir)) == stopped_at + 2
 
 
+def test_ctrl_c_under_torchrun_saves_and_exits_130(tmp_path: Path,
+                                                  corpus: dict[str, Path]) -> None:
+    """A terminal's Ctrl-C goes to the whole foreground process group: here, `homellm train`
+    (torchrun runs in its own session)."""
+    config = write_run(tmp_path, corpus, max_steps=400, checkpoint={"every_steps": 1000})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*HOMELLM, "train", str(config), "--nproc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_step(run_dir, 3, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopping at the next step boundary" in err
+    stopped_at = max(train_losses(run_dir))
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [
+        f"step-{stopped_at:06d}"]
+    assert not (run_dir / "STOP").exists()
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_match_one_process_with_twice_the_accumulation(
         tmp_path: Path, corpus: dict[str, Path], strategy: str) -> None:

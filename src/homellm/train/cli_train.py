@@ -137,10 +137,7 @@ def train_command(
         env = dict(os.environ)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-        try:
-            code = subprocess.call(argv, env=env)
-        except KeyboardInterrupt:   # the workers got the same Ctrl-C: they save and stop
-            code = 130
+        code = _run_workers(argv, env, run_dir)
         raise typer.Exit(code)
 
     from homellm.train.loop import run_training
@@ -155,6 +152,37 @@ def train_command(
                   "index.html)")
     if outcome.status == "stopped":
         raise typer.Exit(130)
+
+
+def _run_workers(argv: list[str], env: dict[str, str], run_dir: Path) -> int:
+    """Run torchrun in its own session, so a terminal's Ctrl-C reaches only this process (torchrun
+    turns a signal into a traceback and a failure). Ctrl-C or SIGTERM here creates the run's
+    STOP file: the workers save at the next step boundary and end cleanly, and this exits 130.
+    A second Ctrl-C kills them (the last checkpoint stays intact)."""
+    import signal
+
+    from homellm.train.loop import STOP_FILE
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            (run_dir / STOP_FILE).touch()
+            err_console.print("stopping at the next step boundary (Ctrl-C again to kill)")
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return 130
+            return 130 if code == 0 else code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_plan(config: Any, processes: int) -> None:

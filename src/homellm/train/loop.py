@@ -48,6 +48,7 @@ from homellm.train.runconfig import RunConfig
 from homellm.train.runlog import RunLog
 
 RUN_CONFIG_FILE = "run.json"
+STOP_FILE = "STOP"   # created by `homellm train` on Ctrl-C for its torchrun workers
 
 
 @dataclass
@@ -58,15 +59,18 @@ class Outcome:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask to stop at the next step boundary (saved, resumable); a second
-    Ctrl-C stops at once."""
+    """SIGINT/SIGTERM ask to stop at the next step boundary (saved, resumable). In a single
+    process a second Ctrl-C stops at once. Under torchrun every signal only asks: a terminal's
+    Ctrl-C reaches the workers and torchrun, which forwards it to them again, and the save
+    must survive that second copy (torchrun's own SIGKILL, 30 s later, is the hard stop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, escalate: bool = True) -> None:
         self.requested = False
+        self.escalate = escalate
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and self.escalate and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -104,7 +108,7 @@ def _peak_flops(ctx: Dist) -> float | None:
 def run_training(config: RunConfig, progress: TrainProgress) -> Outcome:
     ctx = setup(use_gpu=config.gpus != [])
     try:
-        with StopFlag() as stop:
+        with StopFlag(escalate=not ctx.distributed) as stop:
             outcome = _train(config, ctx, progress, stop)
         # ranks leave together: gloo aborts a rank that tears down while rank 0 still writes
         # the report
@@ -156,6 +160,7 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_CONFIG_FILE, config.model_dump_json(indent=2))
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
     barrier(ctx)
     latest, problems = ckpt.load_latest(run_dir)
     for problem in problems:
@@ -265,7 +270,8 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         flops_per_token = _flops_per_token(lm, seq_len)
 
         while step < plan.end_step:
-            if any_rank(stop.requested, ctx):
+            asked = stop.requested or (ctx.is_main and (run_dir / STOP_FILE).exists())
+            if any_rank(asked, ctx):
                 stopped = True
                 break
             started = time.perf_counter()
@@ -326,6 +332,7 @@ def _train(config: RunConfig, ctx: Dist, progress: TrainProgress, stop: StopFlag
         if manager.last_saved_step != step:
             save(plan.index, loader)
         if ctx.is_main:
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
             log.append({"kind": "event", "step": step, "time": time.time(),
                         "message": "stopped by a signal; resume with `homellm train "
                                    f"--resume {run_dir}`"})

@@ -1,5 +1,5 @@
 """The process torchrun starts: ``python -m homellm.train.worker RUN_DIR/run.json``. Reads the
-run config ``homellm train`` wrote, runs the loop, exits 130 when stopped by a signal (saved,
+run config ``homellm train`` wrote, runs the loop, exits 0 when finished or stopped (saved,
 resumable), 1 with a one-line error on rank 0."""
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
         if rank == 0:
             Console(stderr=True, highlight=False).print(f"[red]error:[/] {exc}")
         return getattr(exc, "exit_code", 1)
-    return 130 if outcome.status == "stopped" else 0
+    # stopped (saved, resumable) is a clean end for torchrun: a non-zero code would make it
+    # report a failed worker; `homellm train` knows it asked and exits 130 itself
+    return 0 if outcome.status in ("finished", "stopped") else 1
 
 
 if __name__ == "__main__":
