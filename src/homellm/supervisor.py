@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import logging
 import logging.handlers
 import os
@@ -25,23 +24,12 @@ import httpx
 from homellm.config import SupervisorConfig
 from homellm.engines.base import LaunchSpec
 from homellm.errors import SupervisorError
+from homellm.procutil import die_with_parent
 
 log = logging.getLogger("homellm.supervisor")
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: dlopen is unsafe after one
-
 _MARKER = "HOMELLM_ENGINE_OF"
 EventCallback = Callable[[str, str, str], None]  # (replica, event, detail)
-
-
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    def setup() -> None:  # runs in the child between fork and exec
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return setup
 
 
 @dataclass
@@ -155,7 +143,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 *spec.argv, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_child_setup(os.getpid()),
+                start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
             )
         except OSError as exc:
             raise SupervisorError(f"{spec.replica}: cannot start {spec.argv[0]}: {exc}") from None

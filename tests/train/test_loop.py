@@ -138,6 +138,40 @@ def test_ctrl_c_under_torchrun_saves_and_exits_130(tmp_path: Path,
     assert not (run_dir / "STOP").exists()
 
 
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_killed_launcher_stops_its_workers_with_a_checkpoint(
+        tmp_path: Path, corpus: dict[str, Path]) -> None:
+    config = write_run(tmp_path, corpus, max_steps=1_000_000,
+                       checkpoint={"every_steps": 1_000_000})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*HOMELLM, "train", str(config), "--nproc", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(run_dir, 3, proc)
+        proc.kill()                                  # SIGKILL: no handler runs in it
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 45
+        while _processes_naming(str(run_dir / "run.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_naming(str(run_dir / "run.json")), "workers outlived it"
+    finally:
+        for pid in _processes_naming(str(run_dir / "run.json")):
+            os.kill(pid, signal.SIGKILL)
+    stopped_at = max(train_losses(run_dir))
+    assert (run_dir / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_match_one_process_with_twice_the_accumulation(
         tmp_path: Path, corpus: dict[str, Path], strategy: str) -> None:

@@ -166,8 +166,13 @@ def _run_workers(argv: list[str], env: dict[str, str], run_dir: Path) -> int:
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    from homellm.procutil import die_with_parent
+
     previous = signal.signal(signal.SIGTERM, interrupt)
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    # should this launcher die (even by SIGKILL), torchrun gets SIGTERM and passes it on: the
+    # workers then save at the step boundary and stop instead of training unwatched
+    proc = subprocess.Popen(argv, env=env, start_new_session=True,
+                            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM))
     try:
         try:
             return proc.wait()
