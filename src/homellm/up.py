@@ -45,9 +45,18 @@ class Running:
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: ``up`` owns SIGINT/SIGTERM."""
 
+    on_started: Callable[[], None] | None = None
+
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # no await between uvicorn setting ``started`` and this call, so no request is answered
+        # and no signal handled before the caller knows the gateway is serving
+        if self.started and self.on_started is not None:
+            self.on_started()
 
 
 def default_run_dir(stack_file: Path) -> Path:
@@ -89,8 +98,10 @@ def backends_of(specs: list[LaunchSpec]) -> list[BackendInfo]:
 @contextlib.asynccontextmanager
 async def running_stack(stack: StackConfig, run_dir: Path,
                         on_event: EventCallback | None = None,
-                        on_phase: Callable[[str], None] | None = None) -> AsyncIterator[Running]:
-    """Start engines (waiting for readiness), then the gateway; stop both on exit."""
+                        on_phase: Callable[[str], None] | None = None,
+                        on_serving: Callable[[], None] | None = None) -> AsyncIterator[Running]:
+    """Start engines (waiting for readiness), then the gateway; stop both on exit.
+    ``on_serving`` runs the moment the gateway starts answering."""
     phase = on_phase or (lambda text: None)
     gateways: list[Gateway] = []
     rechecks: set[asyncio.Task[object]] = set()
@@ -124,6 +135,7 @@ async def running_stack(stack: StackConfig, run_dir: Path,
     gateways.append(gateway)
     server = _Server(uvicorn.Config(gateway.app, log_level="warning", lifespan="off",
                                     access_log=False, timeout_graceful_shutdown=5))
+    server.on_started = on_serving
     serve_task: asyncio.Task[None] | None = None
     try:
         await gateway.start()
@@ -219,6 +231,9 @@ class StopSignals:
         if not self.serving and self.task is not None:
             self.task.cancel()
 
+    def mark_serving(self) -> None:
+        self.serving = True
+
     def close(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(sig)
@@ -258,7 +273,9 @@ async def serve_stack(stack: StackConfig, run_dir: Path, console: Console,
         console.print(f"{time.strftime('%H:%M:%S')} {replica}: {event} {detail}")
 
     try:
-        async with running_stack(stack, run_dir, on_event, console.print) as running:
+        # a signal once the gateway answers is a normal stop, not one "while starting"
+        async with running_stack(stack, run_dir, on_event, console.print,
+                                 on_serving=stop.mark_serving) as running:
             stop.serving = True
             if stack_file is not None:
                 enable_reload(running, stack_file, console)

@@ -184,6 +184,28 @@ def test_engine_that_never_gets_ready_fails_up_with_its_log(tmp_path: Path) -> N
     assert engine_pids(run_dir) == {}
 
 
+def test_ctrl_c_the_moment_the_gateway_answers_is_a_normal_stop(demo_model: Path,
+                                                                tmp_path: Path) -> None:
+    """The first /ready answer and Ctrl-C back to back: the gateway was serving, so this is a
+    clean stop (exit 0), not a start cut short (130). CI once caught the gap between the two."""
+    gateway = free_port()
+    stack = write_stack(tmp_path / "homellm.yaml", demo_model, gateway, [free_port()])
+    run_dir, log = tmp_path / "run", tmp_path / "up.log"
+    process = start_up(stack, run_dir, log)
+    url = f"http://127.0.0.1:{gateway}/ready"
+    deadline = time.monotonic() + 150
+    with httpx.Client(timeout=1) as client:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.get(url).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0, log.read_text()
+    assert "SIGINT: stopping engines" in log.read_text()
+
+
 def test_sigterm_and_ctrl_c_stop_everything_and_sigkill_leaves_no_engine(demo_model: Path,
                                                                tmp_path: Path) -> None:
     gateway = free_port()
