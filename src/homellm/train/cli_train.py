@@ -50,8 +50,10 @@ def load_config(config_file: Path | None, resume: Path | None, sets: list[str],
     from homellm.train.loop import RUN_CONFIG_FILE
     from homellm.train.runconfig import RunConfig, apply_overrides, load_run_config
 
-    if (config_file is None) == (resume is None):
-        raise ConfigError("give a run config file, or --resume RUN_DIR (not both)")
+    if config_file is None and resume is None:
+        raise ConfigError("give a run config file (see docs/train.md), or --resume RUN_DIR")
+    if config_file is not None and resume is not None:
+        raise ConfigError("give a run config file or --resume RUN_DIR, not both")
     if resume is not None:
         saved = resume / RUN_CONFIG_FILE
         if not saved.exists():
