@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from homellm.cli_chat import chat_command
 from homellm.gateway.fakebackend import FakeBackend
 from homellm.keys import KeyFile, KeyVerifier
 from tests.conftest import free_port
-from tests.gateway.conftest import Harness, LoopThread, info
+from tests.gateway.conftest import Harness, info
 
 app = typer.Typer()
 app.command("chat")(chat_command)
@@ -35,18 +34,6 @@ def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    yield lt
-    lt.close()
-
-
-@pytest.fixture
-def harness(loop: LoopThread) -> Iterator[Harness]:
-    h = Harness(loop)
-    yield h
-    h.close()
 
 
 def chat(*args: str, input: str | None = None) -> Result:
