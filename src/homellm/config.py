@@ -246,15 +246,21 @@ def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
         raise ConfigError(f"{filename}:{line or 1}: {where}: {message}{more}") from None
 
 
+def read_config_text(file: Path, what: str) -> str:
+    """A config file's UTF-8 text, or a one-line ConfigError naming the file and ``what`` it is
+    (``stack file``, ``run config file``)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the {what}: {exc}") from None
+
+
 def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
     """Read and validate a stack file; relative model folders resolve against the file's folder."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: stack file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read the stack file: {exc}") from None
+    text = read_config_text(file, "stack file")
     stack = parse_stack(text, str(file))
     base = file.resolve().parent
     keys = stack.gateway.api_keys_file

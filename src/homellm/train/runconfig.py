@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from homellm.config import _nearest_line, read_yaml_mapping
+from homellm.config import _nearest_line, read_config_text, read_yaml_mapping
 from homellm.errors import ConfigError
 from homellm.train.presets import (
     canonical_preset,
@@ -295,13 +295,7 @@ def load_run_config(path: str | Path, check_paths: bool = True) -> RunConfig:
     """Read and validate a run config file. Relative paths resolve against the file's folder;
     with ``check_paths`` a missing tokenizer, dataset or model config is an error."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: run config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read the run config: {exc}") from None
-    config = parse_run_config(text, str(file))
+    config = parse_run_config(read_config_text(file, "run config file"), str(file))
     lines = config._lines
     base = file.resolve().parent
     fields = ["tokenizer", "dataset", "out"] + (["model"] if config.preset is None else [])
