@@ -16,24 +16,9 @@ from homellm.engines.gguf import (
     pre_tokenizer_name,
 )
 from homellm.tokenizer import SPLIT_REGEX, _new_tokenizer
+from tests.engines.test_llamacpp import FAKE_CONVERTER  # the parts the wrapper touches
 
 GPT2 = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-
-# only the parts of llama.cpp's converter the wrapper touches
-FAKE_CONVERTER = """\
-import sys
-from pathlib import Path
-
-class TextModel:
-    def get_vocab_base_pre(self, tokenizer):
-        raise NotImplementedError("BPE pre-tokenizer was not recognized")
-
-def main():
-    args = sys.argv[1:]
-    out = Path(args[args.index("--outfile") + 1])
-    out.write_bytes(b"GGUF" + TextModel().get_vocab_base_pre(None).encode())
-"""
-
 
 def _ours() -> dict[str, Any]:
     return json.loads(_new_tokenizer().to_str())["pre_tokenizer"]
