@@ -31,7 +31,7 @@ from tests.plan.reference_measurements import (  # noqa: E402
 )
 
 from homellm.hardware import find_gpu  # noqa: E402
-from homellm.plan.models_catalog import train_preset_spec  # noqa: E402
+from homellm.models_catalog import train_preset_spec  # noqa: E402
 from homellm.plan.train import plan_train  # noqa: E402
 
 # the advice (MISSION.md) and 6·N·D at 40 % MFU (plan-facts §5, attention included)

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from homellm.errors import ConfigError
-from homellm.modelspec import ParamCounts, model_spec_from_config
-from homellm.plan.models_catalog import (
+from homellm.models_catalog import (
     CATALOG,
     TRAIN_PRESET_NOMINAL,
     TRAIN_PRESETS,
@@ -21,6 +20,7 @@ from homellm.plan.models_catalog import (
     resolve_model,
     train_preset_spec,
 )
+from homellm.modelspec import ParamCounts, model_spec_from_config
 
 
 def _hf_count(config: dict[str, Any]) -> tuple[int, Any]:

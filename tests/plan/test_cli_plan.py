@@ -13,9 +13,9 @@ import pytest
 
 from homellm.config import load_stack
 from homellm.hardware import find_gpu
+from homellm.models_catalog import resolve_model
 from homellm.plan.calibration import bisect, fit_bench_result, load_calibration
 from homellm.plan.figures import Figure
-from homellm.plan.models_catalog import resolve_model
 
 HOMELLM = [sys.executable, "-m", "homellm.cli"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from homellm.errors import ConfigError
+from homellm.models_catalog import train_preset_spec
 from homellm.modelspec import model_spec_from_config
-from homellm.plan.models_catalog import train_preset_spec
 from homellm.train.presets import (
     PRESETS,
     build_model,

@@ -216,7 +216,7 @@ def gpus_list(json_output: JsonOpt = False) -> None:
 @plan_app.command("models")
 def models_list(json_output: JsonOpt = False) -> None:
     """Built-in model catalog and training presets, with parameter counts."""
-    from homellm.plan.models_catalog import CATALOG, TRAIN_PRESETS, train_preset_spec
+    from homellm.models_catalog import CATALOG, TRAIN_PRESETS, train_preset_spec
 
     rows = [(e.name, e.spec(), e.source) for e in CATALOG]
     rows += [(name, train_preset_spec(name), "homellm training preset") for name in TRAIN_PRESETS]

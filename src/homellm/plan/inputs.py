@@ -7,8 +7,8 @@ import re
 
 from homellm.errors import ConfigError
 from homellm.hardware import GPUSpec, detect_gpus, parse_gpu_spec, parse_gpus
+from homellm.models_catalog import TRAIN_PRESETS, resolve_model, train_preset_spec
 from homellm.modelspec import ModelSpec
-from homellm.plan.models_catalog import TRAIN_PRESETS, resolve_model, train_preset_spec
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 

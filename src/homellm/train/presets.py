@@ -1,7 +1,7 @@
 """Model presets for pre-training: Qwen3-style ``transformers`` models (RMSNorm, RoPE, SwiGLU,
 q/k-norm, GQA from 1.3b) whose vocabulary comes from the tokenizer.
 
-The 125m, 350m, 1.3b and 3b shapes are ``plan.models_catalog.TRAIN_PRESETS`` (so ``homellm
+The 125m, 350m, 1.3b and 3b shapes are ``models_catalog.TRAIN_PRESETS`` (so ``homellm
 plan`` and ``homellm train`` size the same models); ``tiny`` is for tests and ``760m`` is the
 GPT-3 760M shape (hidden 1536, 24 layers, 16 heads of 96) with the SwiGLU width set so the
 total lands near 760M at a 32,000 vocabulary.
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from homellm.errors import ConfigError
+from homellm.models_catalog import TRAIN_PRESETS
 from homellm.modelspec import ModelSpec, model_spec_from_config
-from homellm.plan.models_catalog import TRAIN_PRESETS
 
 if TYPE_CHECKING:
     import torch
