@@ -80,11 +80,16 @@ def check(config: StackOption = Path("homellm.yaml"),
              "upstream_model": s.upstream_model, "remote": s.remote} for s in specs]
     if json_output:
         print(json.dumps({"stack": str(config), "gateway": stack.gateway.listen,
-                          "replicas": rows}, indent=2))
+                          "clients": stack.gateway.clients.model_dump(), "replicas": rows},
+                         indent=2))
         return
     import shlex
 
     console.print(f"[bold]{config}[/]: valid; gateway on {stack.gateway.listen}")
+    clients = stack.gateway.clients
+    console.print(f"  clients: headers within {clients.header_timeout_s:g} s, body reads at most "
+                  f"{clients.body_timeout_s:g} s apart, idle keep-alive "
+                  f"{clients.idle_timeout_s:g} s, at most {clients.max_connections} connections")
     for row in rows:
         gpus = ",".join(map(str, row["gpus"])) or "CPU"
         console.print(f"\n[bold]{row['replica']}[/] {row['role']} {row['engine']} on {gpus} "

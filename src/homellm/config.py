@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from homellm.errors import ConfigError
 
@@ -97,6 +106,18 @@ class LimitsConfig(_Strict):
     keys: dict[str, KeyLimits] = Field(default_factory=dict, description="by key name")
 
 
+class ClientsConfig(_Strict):
+    """How long the gateway waits on a client, and how many client connections it keeps open
+    (see homellm.gateway.connections; nginx's client_header_timeout, client_body_timeout,
+    keepalive_timeout and worker_connections are the same ideas)."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0, description="connection open (or the "
+                                    "first byte after a response) to the end of the headers")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="between two reads of a body")
+    idle_timeout_s: float = Field(default=15.0, gt=0, description="keep-alive between requests")
+    max_connections: int = Field(default=1024, ge=1, description="more are refused (503)")
+
+
 class GatewayConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     api_keys_file: str | None = None
@@ -104,6 +125,7 @@ class GatewayConfig(_Strict):
     health: HealthConfig = Field(default_factory=HealthConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -145,8 +167,28 @@ class StackConfig(_Strict):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     run_dir: str | None = None
 
+    # where the file was read from: set by parse_stack, so later layers (engines) can name the
+    # FILE:LINE of a field they refuse
+    _file: str = PrivateAttr(default="homellm.yaml")
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+
+    def locate(self, *path: str | int) -> tuple[str, int, str]:
+        """(file, line, dotted.path) of a field, at the nearest line the file has for it."""
+        line = _nearest_line(self._lines, path) or 1
+        return self._file, line, ".".join(str(p) for p in path)
+
+    def where(self, *path: str | int) -> str:
+        """``FILE:LINE: dotted.path``: how a one-line config error starts."""
+        file, line, field = self.locate(*path)
+        return f"{file}:{line}: {field}"
+
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
+        if self.gateway.api_keys_file is None and not is_loopback(self.gateway.host):
+            # `up` would bind it: without keys anyone on the network could use the models
+            raise ValueError(f"gateway.listen: {self.gateway.listen} is not loopback, and no API "
+                             "keys are configured; listen on 127.0.0.1 or set "
+                             "gateway.api_keys_file")
         seen_gpu: dict[int, str] = {}
         seen_port: dict[tuple[str, int], str] = {(self.gateway.host, self.gateway.port): "gateway"}
         for name, model in self.models.items():
@@ -202,18 +244,68 @@ def _field_path_from_message(message: str) -> tuple[Any, ...] | None:
     return tuple(int(p) if p.isdigit() else p for p in head.split("."))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, mapping: yaml.MappingNode, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.mapping, self.key, self.line, self.first_line = mapping, key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently, so the line a user edits may not be the one in force)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` keys may be overridden, as YAML's merge allows
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise _DuplicateKey(node, key, line, first[key])
+                first[key] = line
+            except TypeError:
+                continue  # an unhashable key: the safe loader's own error says so
+        return super().construct_mapping(node, deep)
+
+
+def _mapping_paths(node: yaml.Node, path: tuple[Any, ...], out: dict[int, tuple[Any, ...]]
+                   ) -> None:
+    """id(mapping node) → its key path, to name where a duplicate key sits."""
+    if isinstance(node, yaml.MappingNode):
+        out[id(node)] = path
+        for key_node, value_node in node.value:
+            _mapping_paths(value_node, (*path, key_node.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _mapping_paths(item, (*path, index), out)
+
+
 def read_yaml_mapping(text: str, filename: str, expected: str
                       ) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
-    """YAML text → (mapping, line of every key path); one-line ConfigError for a syntax error
-    or for a document that is not a mapping (``expected`` says what it should hold)."""
+    """YAML text → (mapping, line of every key path); one-line ConfigError for a syntax error,
+    a key given twice in one mapping (naming both lines), or a document that is not a mapping
+    (``expected`` says what it should hold)."""
+    loader = _UniqueKeyLoader(text)
+    root: yaml.Node | None = None
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except _DuplicateKey as exc:
+        paths: dict[int, tuple[Any, ...]] = {}
+        if root is not None:
+            _mapping_paths(root, (), paths)
+        where = ".".join(str(p) for p in (*paths.get(id(exc.mapping), ()), exc.key))
+        raise ConfigError(f"{filename}:{exc.line}: {where}: duplicate key (first at line "
+                          f"{exc.first_line})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{filename}{line}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{filename}:1: expected a mapping with {expected}")
     lines: dict[tuple[Any, ...], int] = {}
@@ -226,7 +318,9 @@ def parse_stack(text: str, filename: str = "homellm.yaml") -> StackConfig:
     """Validate stack-file text; raise ConfigError 'FILE:LINE: field: what was expected'."""
     data, lines = read_yaml_mapping(text, filename, "a 'models:' section")
     try:
-        return StackConfig.model_validate(data)
+        stack = StackConfig.model_validate(data)
+        stack._file, stack._lines = filename, lines
+        return stack
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
@@ -282,6 +376,29 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
                 raise ConfigError(f"{file}:{line}: {where}.source: model {holder.source!r} "
                                   "not found")
     return stack
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class StackWarning:
+    """Something in a valid stack file that will not do what it says (not an error: exit 0)."""
+
+    file: str
+    line: int
+    field: str  # dotted path, like models.a.max_context
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
 
 
 def is_hub_id(source: str) -> bool:

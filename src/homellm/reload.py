@@ -20,7 +20,7 @@ from homellm.keys import KeyVerifier
 
 log = logging.getLogger("homellm.reload")
 
-_GATEWAY_PARTS = ("api_keys_file", "max_attempts", "health", "timeouts", "limits")
+_GATEWAY_PARTS = ("api_keys_file", "max_attempts", "health", "timeouts", "limits", "clients")
 
 
 def _needs_restart(old: StackConfig, new: StackConfig) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import secrets
 import signal
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from homellm.config import GatewayConfig, StackConfig
+from homellm.config import GatewayConfig, StackConfig, is_loopback
 from homellm.engines.base import LaunchSpec
 from homellm.engines.preflight import preflight
 from homellm.engines.registry import resolve_stack
@@ -25,6 +24,7 @@ from homellm.fsutil import atomic_write_text, homellm_home
 from homellm.gateway.admin import ReplicaControl
 from homellm.gateway.app import Gateway
 from homellm.gateway.backends import BackendInfo
+from homellm.gateway.connections import guarded_server_config
 from homellm.keys import KeyVerifier
 from homellm.reload import reload_stack
 from homellm.supervisor import EventCallback, Supervisor
@@ -63,19 +63,8 @@ def default_run_dir(stack_file: Path) -> Path:
     return homellm_home() / "runs" / stack_file.resolve().stem
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(config: GatewayConfig) -> socket.socket:
-    if not config.api_keys_file and not _is_loopback(config.host):
-        raise ConfigError(f"gateway.listen: {config.listen} is not loopback, and no API keys are "
-                          "configured; listen on 127.0.0.1 (or put keys in front)")
+    # beyond loopback without keys is refused by the stack file's validation (config.py)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,8 +122,11 @@ async def running_stack(stack: StackConfig, run_dir: Path,
     gateway.admin_key = admin_key(run_dir)
     gateway.control = replica_control(supervisor, specs)
     gateways.append(gateway)
-    server = _Server(uvicorn.Config(gateway.app, log_level="warning", lifespan="off",
-                                    access_log=False, timeout_graceful_shutdown=5))
+    # read deadlines and the connection cap (gateway.clients): the settings in force at each
+    # new connection or request, so a reload applies
+    server = _Server(guarded_server_config(
+        gateway.app, lambda: gateway.config.clients, gateway.metrics.registry,
+        log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5))
     server.on_started = on_serving
     serve_task: asyncio.Task[None] | None = None
     try:
@@ -242,7 +234,7 @@ class StopSignals:
 def enable_reload(running: Running, stack_file: Path, console: Console) -> None:
     """``homellm reload`` (admin API) and SIGHUP re-read ``stack_file`` (see reload.py)."""
     in_force = [running.stack]
-    loopback = _is_loopback(running.stack.gateway.host)
+    loopback = is_loopback(running.stack.gateway.host)
 
     async def reload() -> dict[str, object]:
         try:
