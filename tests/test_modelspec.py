@@ -3,6 +3,7 @@ the training presets, config errors, and the planner-facing formulas."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,9 @@ def _hf_count(config: dict[str, Any]) -> tuple[int, Any]:
     (tied weights appear once in ``model.parameters()``)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.AutoConfig.for_model(**config)
+    # a deep copy: transformers 5 writes rope_theta into the rope_scaling dict it is given,
+    # which would change the catalog's own rows for the tests that follow
+    cfg = transformers.AutoConfig.for_model(**copy.deepcopy(config))
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     return sum(p.numel() for p in model.parameters()), cfg
@@ -115,6 +118,11 @@ CARDS = {
     "Llama-3.1-70B": (70.6, None, None), "Llama-3.2-3B": (3.21, None, None),
     "Mistral-7B-v0.3": (7.25, None, None), "Mixtral-8x7B-v0.1": (46.7, 12.9, None),
     "gemma-2-9b": (9.24, None, None),
+    "Qwen3-30B-A3B-Instruct-2507": (30.5, 3.3, 29.9),
+    "Qwen3-Coder-30B-A3B-Instruct": (30.5, 3.3, None),
+    "Qwen2.5-7B-Instruct": (7.61, None, 6.53),
+    # Qwen2.5-14B/32B (and -Instruct): the cards say 14.7B/13.1B and 32.5B/31.0B where the
+    # configs count 14.77B/13.21B and 32.76B/31.21B, so they are left out here
 }
 PLAN_FACTS = {"Qwen3-30B-A3B": (30.53, 3.35), "Qwen3-235B-A22B": (235.1, 22.2),
               "Qwen3-32B": (32.76, None), "Qwen3-8B": (8.19, None),
@@ -153,6 +161,45 @@ def test_catalog_entries_name_their_source() -> None:
         assert entry.repo in entry.spec().source
 
 
+@pytest.mark.parametrize(("instruct", "base"), [
+    ("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B"), ("Qwen/Qwen2.5-14B-Instruct", "Qwen2.5-14B"),
+    ("Qwen/Qwen2.5-32B-Instruct", "Qwen2.5-32B")])
+def test_qwen25_instruct_models_have_their_own_32k_window(instruct: str, base: str) -> None:
+    # their config.json says 32768 (the card: 131072 only with YaRN factor 4); the base models'
+    # says 131072. Same shapes, so the same parameters.
+    spec, base_spec = resolve_model(instruct), resolve_model(base)
+    assert spec.name == instruct.split("/")[1] and instruct in spec.source
+    assert spec.max_position_embeddings == 32768
+    assert base_spec.max_position_embeddings == 131072
+    assert spec.params == base_spec.params
+    assert "32,768" in spec.source
+
+
+def test_qwen3_2507_and_coder_entries() -> None:
+    instruct = resolve_model("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    assert resolve_model("Qwen/Qwen3-30B-A3B-Thinking-2507").name == instruct.name
+    coder = resolve_model("Qwen/Qwen3-Coder-30B-A3B-Instruct")
+    assert coder.name == "Qwen3-Coder-30B-A3B-Instruct"          # its own repo, not an alias
+    assert instruct.max_position_embeddings == coder.max_position_embeddings == 262144
+    assert resolve_model("Qwen3-30B-A3B").max_position_embeddings == 40960
+    # the Coder's intermediate_size (5472) builds no layer: every layer is sparse
+    assert coder.params == instruct.params == resolve_model("Qwen3-30B-A3B").params
+    assert catalog_entry("Qwen3-Coder-30B-A3B-Instruct").config["rope_theta"] == 10000000
+
+
+def test_catalog_facts_read_from_config_copies() -> None:
+    # what the [recalled] rows said before they were re-read, field by field, from copies
+    llama70 = catalog_entry("Llama-3.1-70B").config["rope_scaling"]
+    assert llama70 == {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+    assert catalog_entry("Qwen3-235B-A22B").config["intermediate_size"] == 12288
+    assert resolve_model("Mistral-7B-v0.3").head_dim == 128        # derived: no head_dim key
+    assert catalog_entry("gemma-2-9b").config["rope_theta"] == 10000.0
+    assert catalog_entry("gemma-3-1b-it").config["rope_theta"] == 1000000
+    unverified = {entry.name for entry in CATALOG if not entry.verified}
+    assert unverified == {"Qwen3-30B-A3B-Instruct-2507"}     # rope_theta: no copy of its config
+
+
 @pytest.mark.parametrize("preset", list(TRAIN_PRESETS))
 def test_train_presets_build_and_land_on_their_nominal_size(preset: str) -> None:
     transformers = pytest.importorskip("transformers")
@@ -169,7 +216,7 @@ def test_train_presets_build_and_land_on_their_nominal_size(preset: str) -> None
 def test_resolve_model_names_aliases_and_paths(tmp_path: Path) -> None:
     assert resolve_model("qwen3-30b-a3b").name == "Qwen3-30B-A3B"
     assert resolve_model("Qwen/Qwen3-30B-A3B").name == "Qwen3-30B-A3B"
-    assert resolve_model("QWEN/QWEN2.5-7B-INSTRUCT").name == "Qwen2.5-7B"
+    assert resolve_model("QWEN/QWEN2.5-7B-INSTRUCT").name == "Qwen2.5-7B-Instruct"
     assert resolve_model("meta-llama/Llama-3.1-8B-Instruct").name == "Llama-3.1-8B"
     folder = tmp_path / "my-model"
     folder.mkdir()

@@ -19,6 +19,20 @@ from homellm.modelspec import ModelSpec, model_spec_from_config
 
 
 @dataclass(frozen=True)
+class YarnRecipe:
+    """Static YaRN as a model's authors document it: RoPE positions are interpolated by
+    ``factor`` (≤ ``max_factor``) from ``original_max_position_embeddings`` tokens."""
+
+    original_max_position_embeddings: int
+    max_factor: float
+    source: str                     # the model card (a copy we read) that documents it
+
+    @property
+    def max_context(self) -> int:
+        return int(self.original_max_position_embeddings * self.max_factor)
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str                       # short name, as the HF repo names it: "Qwen3-30B-A3B"
     repo: str                       # Hugging Face repo id: "Qwen/Qwen3-30B-A3B"
@@ -35,10 +49,39 @@ class CatalogEntry:
         return model_spec_from_config(dict(self.config), name=self.name,
                                       source=f"{self.repo}: {self.source}")
 
+    @property
+    def yarn(self) -> YarnRecipe | None:
+        """The rope-scaling recipe its card documents for contexts beyond its config's window."""
+        return YARN_RECIPES.get(self.name)
+
 
 _LLM_PROF = ("[src: config.json copy in github.com/citsjtu2020/LLM-Prof "
              "sglang/Model_Config.md]")
 _PLAN_FACTS = "[src: shared/reference/plan-facts.md §1, from HF config.json dumps]"
+_MLC = ("[src: HF config.json copies in github.com/mlc-ai/mlc-llm "
+        "python/mlc_llm/model/model_preset.py @79d603f]")
+_QWEN25_CARD = ("the card (copy in github.com/ZHUI/paddlenlp_model_readme "
+                "Qwen/{name}/index.md @40a7101): \"The current config.json is set for context "
+                "length up to 32,768 tokens\"; 131,072 with YaRN factor 4")
+
+
+# The long-context recipes the model cards document (static YaRN). The Qwen3 cards from 4B up
+# (dense and MoE) say "32,768 natively and 131,072 tokens with YaRN" and give
+# {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}; the 0.6B and
+# 1.7B cards give "Context Length: 32,768" and no YaRN section, so they get no recipe.
+QWEN3_YARN = YarnRecipe(
+    32768, 4.0, "Qwen3 model card, 'Processing Long Texts' (copies in github.com/"
+    "JoseAdrianRodriguezGonzalez/Llm-Component @0dd5e6e: Qwen__Qwen3-30B-A3B-GGUF/README.md, "
+    "QuantFactory__Qwen3-4B-GGUF/README.md)")
+QWEN25_INSTRUCT_YARN = YarnRecipe(
+    32768, 4.0, "Qwen2.5-Instruct model card, 'Processing Long Texts' (copy in github.com/"
+    "ZHUI/paddlenlp_model_readme Qwen/Qwen2.5-7B-Instruct/index.md @10d0a05)")
+YARN_RECIPES: dict[str, YarnRecipe] = {
+    **{name: QWEN3_YARN for name in ("Qwen3-4B", "Qwen3-8B", "Qwen3-14B", "Qwen3-32B",
+                                     "Qwen3-30B-A3B", "Qwen3-235B-A22B")},
+    **{name: QWEN25_INSTRUCT_YARN for name in ("Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct",
+                                               "Qwen2.5-32B-Instruct")},
+}
 
 
 def _qwen3(h: int, layers: int, heads: int, kv: int, ffn: int, tied: bool) -> dict[str, Any]:
@@ -77,9 +120,11 @@ def _llama(h: int, layers: int, heads: int, ffn: int, tied: bool, factor: float,
 
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Qwen3-0.6B", "Qwen/Qwen3-0.6B", _qwen3(1024, 28, 16, 8, 3072, True),
-                 "[recalled]", "0.6B total, 0.44B non-embedding", ("Qwen/Qwen3-0.6B-Base",)),
+                 f"{_MLC} key qwen3_0.6b", "0.6B total, 0.44B non-embedding",
+                 ("Qwen/Qwen3-0.6B-Base",)),
     CatalogEntry("Qwen3-1.7B", "Qwen/Qwen3-1.7B", _qwen3(2048, 28, 16, 8, 6144, True),
-                 "[recalled]", "1.7B total, 1.4B non-embedding", ("Qwen/Qwen3-1.7B-Base",)),
+                 f"{_MLC} key qwen3_1.7b", "1.7B total, 1.4B non-embedding",
+                 ("Qwen/Qwen3-1.7B-Base",)),
     CatalogEntry("Qwen3-4B", "Qwen/Qwen3-4B", _qwen3(2560, 36, 32, 8, 9728, True),
                  f"{_LLM_PROF} (transformers 4.51.2)", "4.0B total, 3.6B non-embedding",
                  ("Qwen/Qwen3-4B-Base",)),
@@ -99,31 +144,64 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Qwen3-30B-A3B-Instruct-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507",
                  _qwen3_moe(2048, 48, 32, 4, 6144, 768, max_position_embeddings=262144,
                             rope_theta=10000000),
-                 "[recalled] (the Qwen3-30B-A3B architecture; 262,144 native context per "
-                 "plan-facts §1)", "30.5B total, 3.3B activated",
-                 ("Qwen/Qwen3-30B-A3B-Thinking-2507", "Qwen/Qwen3-Coder-30B-A3B-Instruct")),
+                 "[src: card copy in github.com/peterhan91/mimic_skills docs/qwen3-a3b.md "
+                 "@c001b2f: 262,144 native, 48 layers, 32/4 heads, 128 experts, 8 active]; no "
+                 "copy of its own config.json found: the other fields are Qwen3-30B-A3B's, and "
+                 "rope_theta 10,000,000 is [recalled] (the Qwen3-Coder-30B-A3B-Instruct copy "
+                 "has it). Thinking-2507 (alias): no copy of its config found either; its card "
+                 "gives the same figures", "30.5B total, 3.3B activated, 29.9B non-embedding",
+                 ("Qwen/Qwen3-30B-A3B-Thinking-2507",)),
+    CatalogEntry("Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-Coder-30B-A3B-Instruct",
+                 _qwen3_moe(2048, 48, 32, 4, 5472, 768, max_position_embeddings=262144,
+                            rope_theta=10000000, max_window_layers=28,
+                            router_aux_loss_coef=0.0),
+                 "[src: config.json copy in github.com/ztxz16/fastllm "
+                 "Qwen3-Coder-30B-A3B-Instruct/config.json @f8f04c3] (intermediate_size 5472 "
+                 "is unused: every layer is sparse)", "30.5B total, 3.3B activated"),
     CatalogEntry("Qwen3-235B-A22B", "Qwen/Qwen3-235B-A22B",
                  _qwen3_moe(4096, 94, 64, 4, 12288, 1536),
                  f"{_PLAN_FACTS}; attention fields also in a GitHub catalog citing "
                  "huggingface.co/Qwen/Qwen3-235B-A22B/raw/main/config.json (retrieved "
-                 "2026-05-20); intermediate_size 12288 (unused) [recalled]",
+                 "2026-05-20); intermediate_size 12288 (unused: every layer is sparse) [src: "
+                 "github.com/alibaba/InferSim hf_configs/qwen3-235B-A22B_config.json @f2293da, "
+                 "the 2507 file (262144, rope_theta 5e6), same shapes otherwise]",
                  "235B total, 22B activated, 234B non-embedding"),
     CatalogEntry("Qwen2.5-7B", "Qwen/Qwen2.5-7B",
                  _qwen2(3584, 28, 28, 4, 18944, 152064, False, 131072),
-                 f"{_LLM_PROF} (transformers 4.40.1)", "7.61B total, 6.53B non-embedding",
-                 ("Qwen/Qwen2.5-7B-Instruct",)),
+                 f"{_LLM_PROF} (transformers 4.40.1)", "7.61B total, 6.53B non-embedding"),
+    CatalogEntry("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct",
+                 {**_qwen2(3584, 28, 28, 4, 18944, 152064, False, 32768),
+                  "sliding_window": 131072, "rms_norm_eps": 1e-06},
+                 "[src: AutoConfig dump of Qwen/Qwen2.5-7B-Instruct in github.com/"
+                 "kevinstephano/thunder_model_blocks hf_qwen2/qwen2_rope.py @1ab68b6]; "
+                 + _QWEN25_CARD.format(name="Qwen2.5-7B-Instruct"),
+                 "7.61B total, 6.53B non-embedding"),
     CatalogEntry("Qwen2.5-14B", "Qwen/Qwen2.5-14B",
                  {**_qwen2(5120, 48, 40, 8, 13824, 152064, False, 131072),
                   "rms_norm_eps": 1e-05},
                  f"{_LLM_PROF} (transformers 4.43.1)",
-                 "card [recalled]: 14.7B total, 13.1B non-embedding (config: 14.77B / 13.21B)",
-                 ("Qwen/Qwen2.5-14B-Instruct",)),
+                 "card (copy in ZHUI/paddlenlp_model_readme Qwen/Qwen2.5-14B/index.md): "
+                 "14.7B total, "
+                 "13.1B non-embedding (config: 14.77B / 13.21B)"),
+    CatalogEntry("Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-14B-Instruct",
+                 _qwen2(5120, 48, 40, 8, 13824, 152064, False, 32768),
+                 "no copy of its own config.json found: the shapes are Qwen2.5-14B's "
+                 f"{_LLM_PROF}, max_position_embeddings from "
+                 + _QWEN25_CARD.format(name="Qwen2.5-14B-Instruct"),
+                 "14.7B total, 13.1B non-embedding"),
     CatalogEntry("Qwen2.5-32B", "Qwen/Qwen2.5-32B",
                  {**_qwen2(5120, 64, 40, 8, 27648, 152064, False, 131072),
                   "rms_norm_eps": 1e-05},
                  f"{_LLM_PROF} (transformers 4.43.1)",
-                 "card [recalled]: 32.5B total, 31.0B non-embedding (config: 32.76B / 31.21B)",
-                 ("Qwen/Qwen2.5-32B-Instruct",)),
+                 "card (copy in ZHUI/paddlenlp_model_readme Qwen/Qwen2.5-32B/index.md): "
+                 "32.5B total, "
+                 "31.0B non-embedding (config: 32.76B / 31.21B)"),
+    CatalogEntry("Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-32B-Instruct",
+                 _qwen2(5120, 64, 40, 8, 27648, 152064, False, 32768),
+                 "no copy of its own config.json found: the shapes are Qwen2.5-32B's "
+                 f"{_LLM_PROF}, max_position_embeddings from "
+                 + _QWEN25_CARD.format(name="Qwen2.5-32B-Instruct"),
+                 "32.5B total, 31.0B non-embedding"),
     CatalogEntry("Llama-3.1-8B", "meta-llama/Llama-3.1-8B", _llama(4096, 32, 32, 14336, False, 8.0),
                  f"{_LLM_PROF} (transformers 4.43.0.dev0); {_PLAN_FACTS}", "8.03B total",
                  ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B",
@@ -131,7 +209,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Llama-3.1-70B", "meta-llama/Llama-3.1-70B",
                  _llama(8192, 80, 64, 28672, False, 8.0),
                  f"{_PLAN_FACTS}; same fields in GitHub copies of Llama-3.1-70B-Instruct's "
-                 "config.json; rope_scaling [recalled]", "70.6B total",
+                 f"config.json; rope_scaling {_MLC} key llama3_1_70b", "70.6B total",
                  ("meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B",
                   "meta-llama/Meta-Llama-3.1-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct")),
     CatalogEntry("Llama-3.2-3B", "meta-llama/Llama-3.2-3B",
@@ -140,33 +218,38 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  ("meta-llama/Llama-3.2-3B-Instruct",)),
     CatalogEntry("Mistral-7B-v0.3", "mistralai/Mistral-7B-v0.3",
                  {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                  "num_attention_heads": 32, "num_key_value_heads": 8,
                   "intermediate_size": 14336, "vocab_size": 32768,
                   "max_position_embeddings": 32768, "rope_theta": 1000000.0,
-                  "sliding_window": None, "tie_word_embeddings": False},
-                 "[recalled]", "7.25B total", ("mistralai/Mistral-7B-Instruct-v0.3",)),
+                  "rms_norm_eps": 1e-05, "sliding_window": None, "tie_word_embeddings": False},
+                 f"{_MLC} key mistral_7b_v03", "7.25B total",
+                 ("mistralai/Mistral-7B-Instruct-v0.3",)),
     CatalogEntry("Mixtral-8x7B-v0.1", "mistralai/Mixtral-8x7B-v0.1",
                  {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32,
                   "num_attention_heads": 32, "num_key_value_heads": 8,
                   "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
                   "vocab_size": 32000, "max_position_embeddings": 32768,
                   "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False},
-                 "[recalled]", "46.7B total, 12.9B active (Mistral's announcement)",
+                 f"{_MLC} key Mixtral-8x7B-v0.1",
+                 "46.7B total, 12.9B active (Mistral's announcement)",
                  ("mistralai/Mixtral-8x7B-Instruct-v0.1",)),
     CatalogEntry("gemma-2-9b", "google/gemma-2-9b",
                  {"model_type": "gemma2", "hidden_size": 3584, "num_hidden_layers": 42,
                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
                   "intermediate_size": 14336, "vocab_size": 256000,
-                  "max_position_embeddings": 8192, "sliding_window": 4096,
-                  "tie_word_embeddings": True},
-                 "[recalled]", "9.24B total", ("google/gemma-2-9b-it",)),
+                  "max_position_embeddings": 8192, "rope_theta": 10000.0,
+                  "sliding_window": 4096, "tie_word_embeddings": True},
+                 f"{_MLC} key gemma2_9b (no tie_word_embeddings key: gemma2's default, tied)",
+                 "9.24B total", ("google/gemma-2-9b-it",)),
     CatalogEntry("gemma-3-1b-it", "google/gemma-3-1b-it",
                  {"model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 26,
                   "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
                   "intermediate_size": 6912, "vocab_size": 262144,
-                  "max_position_embeddings": 32768, "sliding_window": 512,
+                  "max_position_embeddings": 32768, "rope_theta": 1000000,
+                  "rope_local_base_freq": 10000, "sliding_window": 512,
                   "sliding_window_pattern": 6, "tie_word_embeddings": True},
-                 "[recalled]", "1B total", ("google/gemma-3-1b-pt",)),
+                 f"{_MLC} key gemma3_1b_it (no tie_word_embeddings key: gemma3's default, tied)",
+                 "1B total", ("google/gemma-3-1b-pt",)),
 )
 
 
