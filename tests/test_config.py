@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from homellm.config import load_stack, parse_stack
+from homellm.config import load_stack, parse_stack, read_yaml_mapping
 from homellm.errors import ConfigError
 
 GOOD = """\
@@ -51,6 +51,17 @@ BROKEN = [
     ("models:\n  a:\n    source: x/y\n    engine: vllm\n    replicas: [{}]\n",
      "models.a.replicas.0.gpus: vllm needs at least one GPU", 5),
     ("- just\n- a list\n", "expected a mapping with a 'models:' section", 1),
+    ("models:\n  a:\n    source: x/y\n    engine: vllm\n    replicas: [{gpus: [0]}]\n"
+     "    engine: sglang\n", "models.a.engine: duplicate key (first at line 4)", 6),
+    ("models:\n  a:\n    source: x/y\n    replicas:\n      - port: 9000\n        port: 9001\n",
+     "models.a.replicas.0.port: duplicate key (first at line 5)", 6),
+    ("models:\n  a: {source: x/y, replicas: [{}]}\nmodels:\n  b: {source: x/y, replicas: [{}]}\n",
+     "models: duplicate key (first at line 1)", 3),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{}]\ngateway:\n  health: {interval_s: 1}\n"
+     "  listen: 0.0.0.0:8080\n",
+     "gateway.listen: 0.0.0.0:8080 is not loopback, and no API keys are configured", 7),
+    ("models:\n  a:\n    source: x/y\n    replicas: [{}]\ngateway:\n  listen: '[::]:8080'\n",
+     "gateway.listen: [::]:8080 is not loopback", 6),
 ]
 
 
@@ -123,3 +134,40 @@ def test_check_cli_missing_file(tmp_path: Path) -> None:
                            str(tmp_path / "nope.yaml")], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 2 and "stack file not found" in done.stderr
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8080", "localhost:8080", "'[::1]:8080'",
+                                    "127.0.0.2:8080"])
+def test_loopback_needs_no_keys(listen: str) -> None:
+    stack = parse_stack(f"models:\n  a: {{source: x/y, replicas: [{{}}]}}\n"
+                        f"gateway:\n  listen: {listen}\n")
+    assert stack.gateway.api_keys_file is None
+
+
+def test_beyond_loopback_with_keys_is_valid() -> None:
+    stack = parse_stack("models:\n  a: {source: x/y, replicas: [{}]}\n"
+                        "gateway:\n  listen: 0.0.0.0:8080\n  api_keys_file: keys.json\n")
+    assert stack.gateway.host == "0.0.0.0"
+
+
+def test_yaml_merge_keys_may_be_overridden() -> None:
+    """`<<: *base` then the same key is YAML's override, not a duplicate."""
+    stack = parse_stack("models:\n  a:\n    <<: {source: x/y, engine: vllm}\n"
+                        "    engine: transformers\n    replicas: [{}]\n")
+    assert stack.models["a"].engine == "transformers"
+
+
+def test_the_run_config_reader_refuses_duplicate_keys_too() -> None:
+    """read_yaml_mapping serves the stack file and the train run config alike."""
+    with pytest.raises(ConfigError) as info:
+        read_yaml_mapping("model:\n  preset: tiny\n  preset: 125m\n", "run.yaml", "a run")
+    assert str(info.value) == "run.yaml:3: model.preset: duplicate key (first at line 2)"
+
+
+def test_where_names_file_line_and_field() -> None:
+    stack = parse_stack(GOOD, "stack.yaml")
+    assert stack.where("models", "qwen", "engine") == "stack.yaml:4: models.qwen.engine"
+    assert stack.where("models", "qwen", "replicas", 1, "gpus") == \
+        "stack.yaml:7: models.qwen.replicas.1.gpus"
+    assert stack.where("models", "qwen", "engine_args", "x") == \
+        "stack.yaml:2: models.qwen.engine_args.x"  # not in the file: its nearest parent's line
