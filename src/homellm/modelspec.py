@@ -88,6 +88,14 @@ class ModelSpec:
         """Weights the LM head multiplies by, tied or not: ``vocab · hidden``."""
         return self.vocab_size * self.hidden_size
 
+    @property
+    def norm_params(self) -> int:
+        """RMSNorm weights (inside ``params.total``): 2 per layer of width ``h`` (4 in
+        Gemma2/3), q/k norms of width ``d`` (Qwen3, Gemma3), and the final norm."""
+        per_layer = (4 if self.model_type in _FOUR_NORMS else 2) * self.hidden_size
+        per_layer += 2 * self.head_dim * (self.model_type in _QK_NORM)
+        return self.num_layers * per_layer + self.hidden_size
+
     def matmul_params(self, distinct_experts: float | None = None) -> float:
         """Weights one token passes through: everything but the input-embedding lookup, the LM
         head counted even when tied, and for MoE ``distinct_experts`` experts per MoE layer

@@ -29,6 +29,14 @@ BLOCK_SIZE = 16  # vLLM's default --block-size for CUDA attention backends
 
 DTYPE_BYTES: dict[str, float] = {"bfloat16": 2.0, "float16": 2.0, "half": 2.0,
                                  "float32": 4.0, "float": 4.0, "auto": 2.0}
+# --dtype fp8: vLLM 0.33 quantizes a bf16 checkpoint while loading it. `--quantization fp8`
+# still works there but logs "deprecated for online quantization; use --quantization
+# fp8_per_tensor" (model_loader/weight_utils.py get_quant_config), so we emit the new name.
+FP8_QUANTIZATION = "fp8_per_tensor"
+KV_CACHE_DTYPES = ("auto", "fp8")   # vLLM --kv-cache-dtype (config/cache.py CacheDType)
+_FP8_SOURCE = ("vLLM 0.33 quantization/online/base.py: every LinearBase (attention, MLP, the "
+               "MoE router gate) and the routed experts go to FP8; the embedding, the LM head "
+               "(ParallelLMHead) and the norms keep the model dtype")
 
 # defaults of the memory model; every one can be overridden through ``efficiency``
 MEMORY_DEFAULTS: dict[str, float] = {
@@ -49,11 +57,48 @@ _MEMORY_SOURCE = "vllm/v1/worker/gpu_worker.py determine_available_memory"
 
 
 def dtype_bytes(dtype: str) -> float:
+    """Bytes of one value in the model dtype (``fp8``: the activations stay bfloat16)."""
+    if dtype == "fp8":
+        return DTYPE_BYTES["bfloat16"]
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:
-        raise ConfigError(f"--dtype: expected one of {', '.join(DTYPE_BYTES)}, "
+        raise ConfigError(f"--dtype: expected one of {', '.join([*DTYPE_BYTES, 'fp8'])}, "
                           f"got {dtype!r}") from None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How many bytes each kind of value takes, and the vLLM flags that say so."""
+
+    dtype: str                  # as asked: bfloat16, float16, float32, auto, fp8
+    kv_cache_dtype: str         # auto (the model dtype) or fp8
+    weight_bytes: float         # a weight of a layer the quantization covers
+    kept_bytes: float           # a weight it leaves in the model dtype (embedding, LM head)
+    act_bytes: float            # activations (fp8: bfloat16)
+    kv_bytes: float             # one K or V value in the cache
+    engine_dtype: str           # vLLM --dtype ("auto": leave the flag out)
+    quantization: str | None    # vLLM --quantization
+
+
+def kept_params(model: ModelSpec) -> int:
+    """Weights fp8 leaves in the model dtype: the embedding, the LM head and the norms."""
+    return model.params.embedding + model.params.lm_head + model.norm_params
+
+
+def precision(dtype: str, kv_cache_dtype: str = "auto") -> Precision:
+    """``--dtype`` and ``--kv-cache-dtype`` as bytes and vLLM flags; refuses unknown ones."""
+    act = dtype_bytes(dtype)
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ConfigError(f"--kv-cache-dtype: expected one of {', '.join(KV_CACHE_DTYPES)}, "
+                          f"got {kv_cache_dtype!r}")
+    kv = 1.0 if kv_cache_dtype == "fp8" else act
+    if dtype == "fp8":
+        return Precision(dtype, kv_cache_dtype, weight_bytes=1.0, kept_bytes=act,
+                         act_bytes=act, kv_bytes=kv, engine_dtype="bfloat16",
+                         quantization=FP8_QUANTIZATION)
+    return Precision(dtype, kv_cache_dtype, weight_bytes=act, kept_bytes=act, act_bytes=act,
+                     kv_bytes=kv, engine_dtype=dtype, quantization=None)
 
 
 def vllm_batch_defaults(gpu: GPUSpec) -> tuple[int, int, str]:
@@ -114,10 +159,12 @@ def plan_memory(model: ModelSpec, gpu: GPUSpec, *, tp: int = 1, pp: int = 1,
                 context: int | None = None, dtype: str = "bfloat16",
                 gpu_memory_utilization: float = 0.9,
                 max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None,
-                efficiency: dict[str, float] | None = None) -> MemoryPlan:
+                efficiency: dict[str, float] | None = None,
+                kv_cache_dtype: str = "auto") -> MemoryPlan:
     """What one rank of a ``tp`` × ``pp`` replica holds and the KV cache that is left."""
     eff = {**MEMORY_DEFAULTS, **(efficiency or {})}
-    b = dtype_bytes(dtype)
+    prec = precision(dtype, kv_cache_dtype)
+    b = prec.act_bytes
     tokens_default, seqs_default, why = vllm_batch_defaults(gpu)
     tokens = max_num_batched_tokens or tokens_default
     seqs = min(max_num_seqs or seqs_default, tokens)
@@ -128,9 +175,15 @@ def plan_memory(model: ModelSpec, gpu: GPUSpec, *, tp: int = 1, pp: int = 1,
                       "total * util", source=_MEMORY_SOURCE + ": requested_memory",
                       total=gpu.memory_gib, util=gpu_memory_utilization)
     f["weights"] = fig("serve.memory.weights", "weights per GPU", "GiB",
-                       "params * b / (tp * pp) / GiB", source="params × dtype bytes, split "
-                       "evenly over TP ranks and PP stages (replicated norms ignored)",
-                       params=model.params.total, b=b, tp=tp, pp=pp, GiB=GIB)
+                       "((params - kept) * wb + kept * kb) / (tp * pp) / GiB",
+                       source="params × dtype bytes, split evenly over TP ranks and PP stages "
+                              "(replicated norms ignored)"
+                              + ("; " + _FP8_SOURCE if prec.quantization else ""),
+                       note=("kept = embedding + LM head + norms in the model dtype; biases and "
+                             "per-tensor scales (< 0.01 %) counted at 1 byte"
+                             if prec.quantization else ""),
+                       params=model.params.total, kept=kept_params(model),
+                       wb=prec.weight_bytes, kb=prec.kept_bytes, tp=tp, pp=pp, GiB=GIB)
     act_per_token = _activation_bytes_per_token(model)
     mlp_text = "k·(3·I_moe + hidden) for fused MoE" if model.is_moe else "3·I for the MLP"
     f["activation"] = fig(
@@ -166,9 +219,12 @@ def plan_memory(model: ModelSpec, gpu: GPUSpec, *, tp: int = 1, pp: int = 1,
                             source="vLLM FullAttentionSpec page = 2·block_size·kv_heads·"
                                    "head_size·dtype per layer",
                             note="KV heads split under TP, replicated when kv_heads < TP; "
-                                 "layers split under PP",
-                            layers=layers, kv_heads=heads, head_dim=model.head_dim, b=b)
-    page = 2 * BLOCK_SIZE * heads * model.head_dim * b
+                                 "layers split under PP"
+                                 + ("; --kv-cache-dtype fp8: 1 byte per value (fp8_e4m3)"
+                                    if kv_cache_dtype == "fp8" else ""),
+                            layers=layers, kv_heads=heads, head_dim=model.head_dim,
+                            b=prec.kv_bytes)
+    page = 2 * BLOCK_SIZE * heads * model.head_dim * prec.kv_bytes
     kv_bytes = max(float(f["kv_cache"].value), 0.0) * GIB
     f["blocks"] = fig("serve.memory.num_blocks", "KV blocks (16 tokens each)", "",
                       "floor(kv_bytes / page / layers)",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure, fig
-from homellm.plan.serve_memory import dtype_bytes, kv_heads_per_gpu, layers_per_gpu
+from homellm.plan.serve_memory import Precision, kv_heads_per_gpu, layers_per_gpu, precision
 
 # Efficiency keys ``plan_serve(efficiency=...)`` accepts (the calibrate step fills them):
 SPEED_DEFAULTS: dict[str, float] = {
@@ -47,6 +47,23 @@ def efficiency_defaults() -> dict[str, float]:
     """Every efficiency key with its default (memory keys included), for ``--explain``."""
     from homellm.plan.serve_memory import MEMORY_DEFAULTS
     return {**SPEED_DEFAULTS, **MEMORY_DEFAULTS}
+
+
+def gemm_peak(gpu: GPUSpec, prec: Precision) -> tuple[float, str]:
+    """Dense TFLOPS the weight matmuls run at, and why: FP8 tensor cores for ``--dtype fp8``
+    where the GPU has them (vLLM ``CudaPlatform.supports_fp8``: compute capability ≥ 8.9);
+    otherwise vLLM runs FP8 weights through Marlin (W8A16: 1-byte weights, BF16 math)."""
+    if prec.quantization is None:
+        return gpu.bf16_tflops, "dense BF16 peak"
+    if gpu.fp8_tflops:
+        return gpu.fp8_tflops, "dense FP8 peak (W8A8 FP8 GEMMs)"
+    return gpu.bf16_tflops, ("no FP8 TFLOPS known for this GPU: vLLM runs FP8 weights through "
+                             "Marlin W8A16 below compute capability 8.9, math at the BF16 peak")
+
+
+def _weight_bytes_formula(n: str) -> str:
+    """Bytes of ``n`` matmul weights of which ``head`` (the LM head) keeps the model dtype."""
+    return f"(({n} - head) * wb + head * kb)"
 
 
 def _allreduce_us(gpu: GPUSpec, tp: int, eff: dict[str, float]) -> tuple[float, str]:
@@ -76,7 +93,7 @@ class DecodeSpeed:
 
 def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp: int = 1,
                  pp: int = 1, dtype: str = "bfloat16", efficiency: dict[str, float] | None = None,
-                 key: str = "serve.decode") -> DecodeSpeed:
+                 key: str = "serve.decode", kv_cache_dtype: str = "auto") -> DecodeSpeed:
     """Decode of ``batch`` requests at ``context`` tokens each, one replica of ``tp`` × ``pp``.
 
     With PP the batch runs as ``pp`` micro-batches (vLLM keeps one in flight per stage): a
@@ -84,20 +101,25 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
     different micro-batches at once, so throughput counts all ``batch`` tokens per step.
     """
     eff = {**SPEED_DEFAULTS, **(efficiency or {})}
-    b = dtype_bytes(dtype)
+    prec = precision(dtype, kv_cache_dtype)
+    b = prec.act_bytes
+    wb, kb, head = prec.weight_bytes, prec.kept_bytes, model.lm_head_matmul_params
     f: dict[str, Figure] = {}
     micro = max(1, math.ceil(batch / pp))
     experts = model.expected_distinct_experts(micro)
     frac = layers_per_gpu(model, pp) / model.num_layers   # share of layers per stage
     n_read = model.matmul_params(experts if model.is_moe else None)
     f["weights_read"] = fig(f"{key}.weight_bytes", "weight bytes read per step (per GPU)", "B",
-                            "n_read * b * frac / tp",
+                            _weight_bytes_formula("n_read") + " * frac / tp",
                             source="roofline: every active weight read once per step; MoE: "
                                    "non-expert + E·(1−(1−k/E)^B) experts per layer",
-                            note=f"{experts:.1f} distinct experts per layer at micro-batch "
-                                 f"{micro}" if model.is_moe else "",
-                            n_read=n_read, b=b, frac=frac, tp=tp)
-    kv_tok = 2 * layers_per_gpu(model, pp) * kv_heads_per_gpu(model, tp) * model.head_dim * b
+                            note=(f"{experts:.1f} distinct experts per layer at micro-batch "
+                                  f"{micro}" if model.is_moe else "")
+                                 + ("; the LM head (head) stays in the model dtype"
+                                    if prec.quantization else ""),
+                            n_read=n_read, head=head, wb=wb, kb=kb, frac=frac, tp=tp)
+    kv_tok = (2 * layers_per_gpu(model, pp) * kv_heads_per_gpu(model, tp) * model.head_dim
+              * prec.kv_bytes)
     f["kv_read"] = fig(f"{key}.kv_bytes", "KV bytes read per step (per GPU)", "B",
                        "micro * context * kv_tok", micro=micro, context=context, kv_tok=kv_tok)
     f["t_bw"] = fig(f"{key}.t_bandwidth", "bandwidth time per stage step", "ms",
@@ -105,7 +127,7 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
                     w=f["weights_read"].value, kv=f["kv_read"].value,
                     bw=gpu.bandwidth_gbs, eff=eff["decode_bw_eff"])
     if model.is_moe:
-        b1 = model.matmul_params() * b * frac / tp
+        b1 = ((model.matmul_params() - head) * wb + head * kb) * frac / tp
         f["t_moe"] = fig(f"{key}.t_moe_fixed", "MoE fixed cost per stage step", "ms",
                          "b1 / (bw * 1e9) * (1 / moe_eff - 1 / eff) * 1e3",
                          source="sized so batch 1 runs at moe_b1_eff of the roofline "
@@ -114,10 +136,11 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
                          eff=eff["decode_bw_eff"])
     else:
         f["t_moe"] = fig(f"{key}.t_moe_fixed", "MoE fixed cost per stage step", "ms", value=0.0)
-    peak = gpu.bf16_tflops * 1e12
+    tflops, peak_why = gemm_peak(gpu, prec)
+    peak = tflops * 1e12
     f["t_compute"] = fig(f"{key}.t_compute", "compute time per stage step", "ms",
                          "2 * n_active * micro * frac / tp / (peak * mfu) * 1e3",
-                         source="compute roofline at prefill_mfu",
+                         source=f"compute roofline at prefill_mfu of the {peak_why}",
                          n_active=model.matmul_params(), micro=micro, frac=frac, tp=tp,
                          peak=peak, mfu=eff["prefill_mfu"])
     ar_us, ar_why = _allreduce_us(gpu, tp, eff)
@@ -145,10 +168,13 @@ def decode_speed(model: ModelSpec, gpu: GPUSpec, *, batch: int, context: int, tp
 
 def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1, pp: int = 1,
                     dtype: str = "bfloat16", efficiency: dict[str, float] | None = None,
-                    key: str = "serve.prefill") -> dict[str, Figure]:
+                    key: str = "serve.prefill", kv_cache_dtype: str = "auto"
+                    ) -> dict[str, Figure]:
     """Prefill of one ``prompt``-token request and its TTFT."""
     eff = {**SPEED_DEFAULTS, **(efficiency or {})}
-    b = dtype_bytes(dtype)
+    prec = precision(dtype, kv_cache_dtype)
+    b = prec.act_bytes
+    tflops, peak_why = gemm_peak(gpu, prec)
     f: dict[str, Figure] = {}
     n_active = model.matmul_params()
     q_width = model.num_heads * model.head_dim
@@ -160,13 +186,16 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
                      q_width=q_width)
     experts = model.expected_distinct_experts(prompt) if model.is_moe else None
     f["t_compute"] = fig(f"{key}.t_compute", "prefill compute time", "ms",
-                         "flops / (tp * peak * mfu) * 1e3",
-                         source="compute roofline; prefill_mfu default 0.5",
-                         flops=f["flops"].value, tp=tp, peak=gpu.bf16_tflops * 1e12,
-                         mfu=eff["prefill_mfu"])
+                         "((flops - attn) / gemm_peak + attn / peak) / (tp * mfu) * 1e3",
+                         source=f"compute roofline; prefill_mfu default 0.5; weight matmuls at "
+                                f"the {peak_why}, attention (attn) at the BF16 peak",
+                         flops=f["flops"].value, attn=prompt * 2 * model.num_layers * q_width
+                         * prompt, tp=tp, gemm_peak=tflops * 1e12,
+                         peak=gpu.bf16_tflops * 1e12, mfu=eff["prefill_mfu"])
     f["t_read"] = fig(f"{key}.t_read", "weight read time during prefill", "ms",
-                      "n_read * b / tp / (bw * 1e9 * eff) * 1e3",
-                      n_read=model.matmul_params(experts), b=b, tp=tp,
+                      _weight_bytes_formula("n_read") + " / tp / (bw * 1e9 * eff) * 1e3",
+                      n_read=model.matmul_params(experts), head=model.lm_head_matmul_params,
+                      wb=prec.weight_bytes, kb=prec.kept_bytes, tp=tp,
                       bw=gpu.bandwidth_gbs, eff=eff["decode_bw_eff"])
     ar_us, _ = _allreduce_us(gpu, tp, eff)
     link = (gpu.nvlink_gbs or eff["pcie_gbs"]) if tp > 1 else 1.0
@@ -190,13 +219,14 @@ def prefill_figures(model: ModelSpec, gpu: GPUSpec, *, prompt: int, tp: int = 1,
 def burst_ttft(model: ModelSpec, gpu: GPUSpec, *, prompt: int, concurrency: int,
                chunk: int, tp: int = 1, pp: int = 1, dtype: str = "bfloat16",
                efficiency: dict[str, float] | None = None,
-               key: str = "serve.burst") -> dict[str, Figure]:
+               key: str = "serve.burst", kv_cache_dtype: str = "auto") -> dict[str, Figure]:
     """Mean TTFT when ``concurrency`` requests of ``prompt`` tokens arrive together (a closed
     loop with equal lengths starts and ends its requests in waves): vLLM's chunked prefill runs
     ``chunk`` (max_num_batched_tokens) prompt tokens per step, so request ``i`` sees its first
     token after the steps that cover prompts 0..i."""
     eff = {**SPEED_DEFAULTS, **(efficiency or {})}
-    b = dtype_bytes(dtype)
+    prec = precision(dtype, kv_cache_dtype)
+    tflops, peak_why = gemm_peak(gpu, prec)
     f: dict[str, Figure] = {}
     q_width = model.num_heads * model.head_dim
     f["flops_per_token"] = fig(f"{key}.flops_per_token", "prefill FLOPs per prompt token",
@@ -206,13 +236,16 @@ def burst_ttft(model: ModelSpec, gpu: GPUSpec, *, prompt: int, concurrency: int,
     tokens = min(chunk, concurrency * prompt)
     experts = model.expected_distinct_experts(tokens) if model.is_moe else None
     f["t_chunk"] = fig(f"{key}.t_chunk", f"one prefill step of {tokens:,} tokens", "ms",
-                       "max(tokens * fpt / (tp * peak * mfu), n_read * b / tp / (bw * 1e9 * eff))"
-                       " * 1e3",
-                       source="compute roofline at prefill_mfu, or the weight read",
-                       tokens=tokens, fpt=f["flops_per_token"].value, tp=tp,
-                       peak=gpu.bf16_tflops * 1e12, mfu=eff["prefill_mfu"],
-                       n_read=model.matmul_params(experts), b=b, bw=gpu.bandwidth_gbs,
-                       eff=eff["decode_bw_eff"])
+                       "max(tokens * ((fpt - attn) / gemm_peak + attn / peak) / (tp * mfu), "
+                       + _weight_bytes_formula("n_read") + " / tp / (bw * 1e9 * eff)) * 1e3",
+                       source=f"compute roofline at prefill_mfu (weight matmuls at the "
+                              f"{peak_why}, attention at the BF16 peak), or the weight read",
+                       tokens=tokens, fpt=f["flops_per_token"].value,
+                       attn=2 * model.num_layers * q_width * prompt, tp=tp,
+                       gemm_peak=tflops * 1e12, peak=gpu.bf16_tflops * 1e12,
+                       mfu=eff["prefill_mfu"], n_read=model.matmul_params(experts),
+                       head=model.lm_head_matmul_params, wb=prec.weight_bytes,
+                       kb=prec.kept_bytes, bw=gpu.bandwidth_gbs, eff=eff["decode_bw_eff"])
     total = concurrency * prompt
     # request i's last prompt token is token (i+1)·prompt; it is done with step ceil(·/chunk)
     ends = [min(math.ceil((i + 1) * prompt / chunk) * chunk, total) for i in range(concurrency)]
@@ -230,14 +263,16 @@ def burst_ttft(model: ModelSpec, gpu: GPUSpec, *, prompt: int, concurrency: int,
 def closed_loop(model: ModelSpec, gpu: GPUSpec, *, prompt: int, output: int, concurrency: int,
                 chunk: int, tp: int = 1, pp: int = 1, dtype: str = "bfloat16",
                 efficiency: dict[str, float] | None = None,
-                key: str = "serve.bench") -> dict[str, Figure]:
+                key: str = "serve.bench", kv_cache_dtype: str = "auto") -> dict[str, Figure]:
     """What ``vllm bench serve --max-concurrency C`` with fixed ``prompt``/``output`` lengths
     reports: mean TTFT (waves of C prompts), TPOT (decode at batch C, mean context
     prompt + output/2) and output tokens/s = C · output / (TTFT + (output − 1) · TPOT)."""
     f = burst_ttft(model, gpu, prompt=prompt, concurrency=concurrency, chunk=chunk, tp=tp,
-                   pp=pp, dtype=dtype, efficiency=efficiency, key=f"{key}.burst")
+                   pp=pp, dtype=dtype, efficiency=efficiency, key=f"{key}.burst",
+                   kv_cache_dtype=kv_cache_dtype)
     step = decode_speed(model, gpu, batch=concurrency, context=prompt + output // 2, tp=tp,
-                        pp=pp, dtype=dtype, efficiency=efficiency, key=f"{key}.decode")
+                        pp=pp, dtype=dtype, efficiency=efficiency, key=f"{key}.decode",
+                        kv_cache_dtype=kv_cache_dtype)
     f.update({f"decode.{k}": v for k, v in step.figures.items()})
     f["output_tok_s"] = fig(f"{key}.output_tokens_per_s", "output tokens/s (closed loop)",
                             "tok/s", "c * out / ((ttft + (out - 1) * tpot) * 1e-3)",
