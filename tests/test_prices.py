@@ -73,3 +73,26 @@ def test_purchase_prices() -> None:
     pro = purchase_price("rtx-pro-6000")
     assert pro is not None and pro.usd == 8565
     assert purchase_price("nope") is None
+
+
+def test_node_only_offers_are_marked() -> None:
+    # AWS sells p5/p4d/p4de only as 8-GPU instances; Lambda's 8× quotes are whole nodes
+    nodes = {(p.provider, p.gpu_key, p.usd_per_gpu_hour) for p in CLOUD_PRICES
+             if p.node_gpus == 8}
+    assert nodes == {("AWS", "h100-sxm", 6.88), ("AWS", "a100-80g", 3.43),
+                     ("AWS", "a100-40g", 2.74), ("Lambda", "h100-sxm", 3.99),
+                     ("Lambda", "a100-80g", 2.79)}
+    assert all(p.node_gpus == 1 for p in CLOUD_PRICES if p.provider in {"RunPod", "Vast.ai"})
+
+
+def test_newest_quote_per_offer_wins() -> None:
+    runpod = [p for p in cloud_prices("rtx-pro-6000") if p.provider == "RunPod"]
+    assert sorted((p.tier, p.usd_per_gpu_hour) for p in runpod) == [("on-demand", 1.99),
+                                                                     ("spot", 0.89)]
+    older = [p for p in CLOUD_PRICES if p.provider == "RunPod" and p.gpu_key == "rtx-pro-6000"
+             and p.tier == "on-demand"]
+    assert {p.usd_per_gpu_hour for p in older} == {1.57, 1.99}   # the history stays in the table
+    # a single 1×H100 and the 8×H100 node are two offers: both stay
+    lam = sorted(p.usd_per_gpu_hour for p in cloud_prices("h100-sxm") if p.provider == "Lambda")
+    assert lam == [3.99, 4.29]
+    assert prices.date_key("2026-07") > prices.date_key("2026-03") > prices.date_key("2026")

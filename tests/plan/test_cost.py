@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import types
@@ -19,6 +20,7 @@ class Quote:
     date: str
     source: str
     tier: str = "on-demand"
+    node_gpus: int = 1
 
 
 LAMBDA_A100 = Quote("Lambda", 2.79, "2026-09", "tgarg01/silybench-data: per GPU per hour")
@@ -120,3 +122,59 @@ def test_job_cost_without_prices_or_power_says_so() -> None:
     assert plan.own == [] and plan.cloud == [] and plan.cheapest == ""
     assert any("power" in n for n in plan.notes)
     assert any("cloud prices" in n for n in plan.notes)
+
+
+AWS_P5 = Quote("AWS", 6.88, "2026-11", "datareceipts: p5.48xlarge $55.04/h ÷ 8", node_gpus=8)
+
+
+@pytest.mark.parametrize(("n_gpus", "paid"), [(1, 8), (3, 8), (8, 8), (9, 16)])
+def test_node_only_offer_costs_whole_nodes(n_gpus: int, paid: int) -> None:
+    c = cloud_cost(AWS_P5, gpu_key="h100-sxm", n_gpus=n_gpus, hours=10.0)
+    assert c.cost.value == pytest.approx(6.88 * paid * 10)
+    assert c.cost.check() and c.gpus_paid == paid and c.node_gpus == 8
+    assert c.usd_per_used_gpu_hour == pytest.approx(6.88 * paid / n_gpus)
+    assert f"{paid} paid" in c.cost.label
+    assert c.to_json()["gpus_paid"] == paid
+    if paid > n_gpus:
+        assert f"pays {paid} GPU-hours an hour for the {n_gpus}" in c.cost.note
+
+
+def test_one_gpu_job_on_a_node_only_offer_says_so_and_breaks_even_at_the_node_price() -> None:
+    prices = {"h100-sxm": [AWS_P5, Quote("GCP", 10.98, "2026-09", "silybench")]}
+    plan = job_cost(gpu_key="h100-sxm", n_gpus=1, hours=100.0, power_w=700.0,
+                    cloud_hours={"h100-sxm": 100.0}, prices=prices,
+                    electricity_usd_kwh=0.17, purchase_usd=25000.0)
+    aws = next(c for c in plan.cloud if c.provider == "AWS")
+    assert aws.cost.value == pytest.approx(6.88 * 8 * 100)    # $5,504, not $688
+    assert plan.cloud[0].provider == "GCP"                     # 1×H100 at $10.98 is cheaper
+    assert any("whole nodes" in n and "AWS h100-sxm (8 GPUs paid)" in n for n in plan.notes)
+    rent = next(f for f in plan.break_even if f.key == "cost.break_even.gpu_hours")
+    assert rent.inputs["r"] == pytest.approx(10.98)
+    # with GCP gone, renting one H100 means renting the node: 8 × 6.88 an hour per GPU used
+    only_aws = job_cost(gpu_key="h100-sxm", n_gpus=1, hours=100.0, power_w=700.0,
+                        cloud_hours={"h100-sxm": 100.0}, prices={"h100-sxm": [AWS_P5]},
+                        electricity_usd_kwh=0.17, purchase_usd=25000.0)
+    rent = next(f for f in only_aws.break_even if f.key == "cost.break_even.gpu_hours")
+    assert rent.inputs["r"] == pytest.approx(6.88 * 8)
+
+
+def test_the_newest_quote_of_an_offer_wins_even_when_dearer() -> None:
+    prices = {"rtx-pro-6000": [Quote("RunPod", 1.57, "2026-03", "deploybase"),
+                               Quote("RunPod", 1.99, "2026-07", "deploybase"),
+                               Quote("RunPod", 0.89, "2026-03", "deploybase", tier="spot")]}
+    plan = job_cost(gpu_key="rtx-pro-6000", n_gpus=1, hours=10.0, power_w=600.0,
+                    cloud_hours={"rtx-pro-6000": 10.0}, prices=prices,
+                    electricity_usd_kwh=0.17, purchase_usd=8565.0)
+    quoted = sorted((c.tier, c.price.value, c.date) for c in plan.cloud)
+    assert quoted == [("on-demand", 1.99, "2026-07"), ("spot", 0.89, "2026-03")]
+    assert any("$1.99" in n for n in plan.notes)               # break-even at today's price
+
+
+def test_every_price_shows_its_date_and_source() -> None:
+    c = cloud_cost(AWS_P5, gpu_key="h100-sxm", n_gpus=1, hours=1.0)
+    for text in (c.price.note, c.price.source, c.price.explain(), json.dumps(c.to_json())):
+        assert "2026-11" in text and "datareceipts" in text
+    plan = job_cost(gpu_key="h100-sxm", n_gpus=1, hours=1.0, power_w=700.0,
+                    cloud_hours={"h100-sxm": 1.0}, prices={"h100-sxm": [AWS_P5]},
+                    electricity_usd_kwh=0.17, purchase_usd=None)
+    assert "2026-11" in plan.verdict and "datareceipts" in plan.verdict

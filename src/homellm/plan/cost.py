@@ -3,7 +3,11 @@ over the card's working life) and on rented cloud GPUs (dated per-GPU-hour price
 cheaper, and after how many GPU-hours buying a card pays for itself against renting one.
 
 Cloud prices are per GPU-hour: a job on n GPUs for h hours costs price × n × h. (A quote like
-"8×A100 ≈ $2.50/h" is per GPU; the node costs eight times that.)
+"8×A100 ≈ $2.50/h" is per GPU; the node costs eight times that.) Where only whole nodes are
+rented (``node_gpus`` > 1: AWS p5/p4d, Lambda's 8× nodes) the job pays for every GPU of the
+nodes it needs: price × ceil(n / g) × g × h, so a 1-GPU job on an 8-GPU node pays 8 GPU-hours
+an hour. Of several quotes for one offer only the newest counts; every price carries its date
+and source into the table, ``--explain`` and ``--json``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homellm.plan.figures import Figure, fig
+from homellm.plan.prices import newest_quotes
 
 # Defaults, each overridable; homellm.plan.prices states its own and wins when present.
 # Average board power while training, as a fraction of the board limit (TDP): training at high
@@ -47,7 +52,22 @@ class CloudCost:
     hours: Figure          # wall-clock hours of the job on this GPU type
     cost: Figure           # USD for the job
     price: Figure          # USD per GPU-hour, as quoted
-    tier: str = "on-demand"  # "on-demand", "spot", "community", "marketplace"
+    tier: str              # "on-demand", "spot", "community", "marketplace"
+    n_gpus: int            # GPUs the job uses
+    gpus_paid: int         # GPUs it pays for: whole nodes where only nodes are rented
+    node_gpus: int         # GPUs per instance sold (1: any count)
+
+    @property
+    def usd_per_used_gpu_hour(self) -> float:
+        """What one GPU the job uses costs per hour, idle node GPUs included."""
+        return self.price.value * self.gpus_paid / self.n_gpus
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "gpu": self.gpu_key, "tier": self.tier,
+                "date": self.date, "source": self.source, "n_gpus": self.n_gpus,
+                "gpus_paid": self.gpus_paid, "node_gpus": self.node_gpus,
+                "price": self.price.to_json(), "hours": self.hours.to_json(),
+                "cost": self.cost.to_json()}
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,8 @@ def lookup_prices(prices: PriceSource | None, gpu_key: str) -> list[PriceLike]:
         getter = getattr(_table(), "cloud_prices", None)
         return list(getter(gpu_key)) if callable(getter) else []
     if isinstance(prices, Mapping):
-        return list(prices.get(gpu_key, []))
-    return list(prices(gpu_key))
+        return newest_quotes(prices.get(gpu_key, []))
+    return newest_quotes(prices(gpu_key))
 
 
 def _table() -> Any:
@@ -147,15 +167,30 @@ def cloud_cost(price: PriceLike, *, gpu_key: str, n_gpus: int, hours: float,
                slug: str = "") -> CloudCost:
     slug = slug or f"{price.provider}.{gpu_key}".lower().replace(" ", "_")
     tier = getattr(price, "tier", "on-demand") or "on-demand"
+    node = int(getattr(price, "node_gpus", 1) or 1)
     who = price.provider if tier == "on-demand" else f"{price.provider} ({tier})"
+    dated = f"{price.date}, {price.source}"
+    offer_note = getattr(price, "note", "")
     quote = fig(f"cost.cloud.{slug}.price", f"{who} {gpu_key} per GPU-hour",
-                "USD/GPU-h", value=float(price.usd_per_gpu_hour),
-                source=f"{price.source} ({price.date})")
+                "USD/GPU-h", value=float(price.usd_per_gpu_hour), source=dated,
+                note=f"{dated}; {offer_note}" if offer_note else dated)
     h = fig(f"cost.cloud.{slug}.hours", f"job on {n_gpus}× {gpu_key}", "h", value=hours)
-    cost = fig(f"cost.cloud.{slug}.cost", f"{who}, {n_gpus}× {gpu_key}", "USD",
-               "r * n * t", r=quote.value, n=n_gpus, t=hours,
-               note="per-GPU-hour price × GPUs × hours")
-    return CloudCost(who, gpu_key, str(price.date), price.source, h, cost, quote, tier)
+    if node == 1:
+        cost = fig(f"cost.cloud.{slug}.cost", f"{who}, {n_gpus}× {gpu_key}", "USD",
+                   "r * n * t", r=quote.value, n=n_gpus, t=hours,
+                   note="per-GPU-hour price × GPUs × hours")
+        paid = n_gpus
+    else:
+        nodes = -(-n_gpus // node)
+        paid = nodes * node
+        cost = fig(f"cost.cloud.{slug}.cost",
+                   f"{who}, {n_gpus}× {gpu_key} (whole {node}-GPU node"
+                   f"{'s' if nodes > 1 else ''}: {paid} paid)", "USD",
+                   "r * ceil(n / g) * g * t", r=quote.value, n=n_gpus, g=node, t=hours,
+                   note=f"sold only as whole {node}-GPU nodes: the job pays {paid} GPU-hours "
+                        f"an hour for the {n_gpus} it uses")
+    return CloudCost(who, gpu_key, str(price.date), price.source, h, cost, quote, tier,
+                     n_gpus, paid, node)
 
 
 def break_even(*, purchase_usd: float, rent_usd_per_gpu_hour: float, power_w: float,
@@ -223,11 +258,17 @@ def job_cost(*, gpu_key: str, n_gpus: int, hours: float, power_w: float | None,
     same = [c for c in same if c.tier == "on-demand"] or same   # spot can be taken away
     be: list[Figure] = []
     if same and purchase_usd is not None and power_w is not None:
-        be = break_even(purchase_usd=purchase_usd, rent_usd_per_gpu_hour=same[0].price.value,
+        rent = same[0].usd_per_used_gpu_hour        # idle node GPUs are paid for too
+        be = break_even(purchase_usd=purchase_usd, rent_usd_per_gpu_hour=rent,
                         power_w=power_w, electricity_usd_kwh=electricity_usd_kwh,
                         job_gpu_hours=hours * n_gpus, power_fraction=power_fraction)
-        notes.append(f"break-even against {same[0].provider} at "
-                     f"${same[0].price.value:.2f}/GPU-h ({same[0].date})")
+        notes.append(f"break-even against {same[0].provider} at ${rent:.2f} per GPU used "
+                     f"an hour ({same[0].date}, {same[0].source})")
+    whole_nodes = [f"{c.provider} {c.gpu_key} ({c.gpus_paid} GPUs paid)" for c in cloud
+                   if c.gpus_paid > n_gpus]
+    if whole_nodes:
+        notes.append(f"sold only as whole nodes, so this {n_gpus}-GPU job pays for idle GPUs: "
+                     + ", ".join(whole_nodes))
     cheapest, verdict = _verdict(own, cloud)
     return CostPlan(own, cloud, be, cheapest, verdict, notes)
 
@@ -241,9 +282,9 @@ def _verdict(own: list[Figure], cloud: list[CloudCost]) -> tuple[str, str]:
     name = f"{best.provider} {best.gpu_key}"
     if total.value <= best.cost.value:
         return "own", (f"own hardware: ${total.value:,.0f} against ${best.cost.value:,.0f} "
-                       f"on {name} ({best.date})")
+                       f"on {name} ({best.date}, {best.source})")
     marginal = ("" if elec is None or elec.value > best.cost.value else
                 f"; if the cards are already paid for, electricity alone is "
                 f"${elec.value:,.0f}")
-    return name, (f"{name}: ${best.cost.value:,.0f} against ${total.value:,.0f} on own "
-                  f"hardware{marginal}")
+    return name, (f"{name}: ${best.cost.value:,.0f} ({best.date}, {best.source}) against "
+                  f"${total.value:,.0f} on own hardware{marginal}")

@@ -6,12 +6,26 @@ user overrides (``plan`` takes its own flags for them); none is fetched at run t
 Cloud prices are **per GPU per hour, on demand** unless ``tier`` says otherwise. Providers
 quote 8-GPU nodes too: Lambda's "$2.79" for 8×A100 80GB is per GPU, so the node costs
 8 × 2.79 = $22.32/h (the seed's "8×A100 ≈ $2.50/hour" could only be a per-GPU price).
-Sources as cited in the project's ``shared/reference/plan-facts.md`` §6.
+Where only whole nodes are sold (AWS p5/p4d/p4de, Lambda's 8× offers) ``node_gpus`` says how
+many GPUs one instance has: a job on fewer still pays for all of them.
+Sources as cited in the project's ``shared/reference/plan-facts.md`` §6. The table keeps older
+quotes as history; :func:`newest_quotes` keeps only the newest per provider, GPU, tier and
+instance size, and :func:`cloud_prices` returns only those.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+
+class _Quote(Protocol):
+    provider: str
+    date: str
+
+
+Q = TypeVar("Q", bound=_Quote)
 
 
 @dataclass(frozen=True)
@@ -24,18 +38,20 @@ class Price:
     note: str = ""
     tier: str = "on-demand"     # "on-demand", "spot", "community", "marketplace"
     usd_per_gpu_hour_high: float | None = None  # upper end when the source gives a range
+    node_gpus: int = 1          # GPUs in the smallest instance sold; 8 = whole 8-GPU nodes only
 
 
 _SILY = "tgarg01/silybench-data"
 CLOUD_PRICES: tuple[Price, ...] = (
     # Lambda
     Price("Lambda", "h100-sxm", 3.99, "2026-09", f"{_SILY}; api-evangelist/lambda-labs",
-          note="8×H100 SXM node, per GPU (node $31.92/h)"),
+          note="8×H100 SXM node, per GPU (node $31.92/h)", node_gpus=8),
     Price("Lambda", "h100-sxm", 4.29, "2026-09", f"{_SILY}; api-evangelist/lambda-labs",
           note="1×H100 SXM instance"),
     Price("Lambda", "a100-80g", 2.79, "2026-09",
           f"{_SILY}; api-evangelist/lambda-labs ('per GPU per hour')",
-          note="8×A100 80GB SXM node, per GPU: the node is 8 × 2.79 = $22.32/h"),
+          note="8×A100 80GB SXM node, per GPU: the node is 8 × 2.79 = $22.32/h",
+          node_gpus=8),
     # RunPod
     Price("RunPod", "h100-sxm", 2.69, "2026-09", f"{_SILY}; datareceipts", tier="community"),
     Price("RunPod", "h100-sxm", 3.49, "2026-09", f"{_SILY}; datareceipts",
@@ -61,20 +77,42 @@ CLOUD_PRICES: tuple[Price, ...] = (
           tier="marketplace", note="lowest offers ('from')"),
     # AWS, us-east-1, instance price ÷ 8 GPUs
     Price("AWS", "h100-sxm", 6.88, "2026-11", "datareceipts",
-          note="p5.48xlarge $55.04/h ÷ 8, us-east-1 (the older $98.32/h predates the 2025 cut)"),
+          note="p5.48xlarge $55.04/h ÷ 8, us-east-1 (the older $98.32/h predates the 2025 cut)",
+          node_gpus=8),
     Price("AWS", "a100-80g", 3.43, "2026-11", "datareceipts",
-          note="p4de.24xlarge $27.45/h ÷ 8, us-east-1"),
+          note="p4de.24xlarge $27.45/h ÷ 8, us-east-1", node_gpus=8),
     Price("AWS", "a100-40g", 2.74, "2026-11", "datareceipts",
-          note="p4d.24xlarge ÷ 8, us-east-1"),
+          note="p4d.24xlarge ÷ 8, us-east-1", node_gpus=8),
     # GCP
     Price("GCP", "h100-sxm", 10.98, "2026-09", _SILY, note="a3-highgpu-1g"),
     Price("GCP", "h100-sxm", 6.57, "2026-09", _SILY, tier="spot", note="a3-highgpu-1g"),
 )
 
 
+def date_key(date: str) -> tuple[int, ...]:
+    """"2026-07" → (2026, 7); a year alone sorts before its months."""
+    return tuple(int(part) for part in str(date).split("-"))
+
+
+def newest_quotes(quotes: Iterable[Q]) -> list[Q]:
+    """The newest quote(s) of each offer, an offer being one provider, GPU, tier and instance
+    size: a price read later replaces an older one, cheaper or not. Order is kept."""
+    quotes = list(quotes)
+
+    def offer(q: Q) -> tuple[str, str, str, int]:
+        return (q.provider, getattr(q, "gpu_key", ""), getattr(q, "tier", "on-demand"),
+                getattr(q, "node_gpus", 1))
+
+    newest: dict[tuple[str, str, str, int], tuple[int, ...]] = {}
+    for q in quotes:
+        newest[offer(q)] = max(newest.get(offer(q), ()), date_key(q.date))
+    return [q for q in quotes if date_key(q.date) == newest[offer(q)]]
+
+
 def cloud_prices(gpu_key: str, tier: str | None = None) -> list[Price]:
-    """Prices for one catalog GPU key, cheapest first; ``tier`` keeps only that tier."""
-    found = [p for p in CLOUD_PRICES
+    """The current prices for one catalog GPU key (the newest quote of each offer), cheapest
+    first; ``tier`` keeps only that tier."""
+    found = [p for p in newest_quotes(CLOUD_PRICES)
              if p.gpu_key == gpu_key and (tier is None or p.tier == tier)]
     return sorted(found, key=lambda p: p.usd_per_gpu_hour)
 
