@@ -106,10 +106,7 @@ class TrainPlan:
                 "layouts": [mem(m) for m in self.layouts],
                 "data": [f.to_json() for f in self.data],
                 "cost": {"own": [f.to_json() for f in c.own],
-                         "cloud": [{"provider": x.provider, "gpu": x.gpu_key, "date": x.date,
-                                    "source": x.source, "price": x.price.to_json(),
-                                    "hours": x.hours.to_json(), "cost": x.cost.to_json()}
-                                   for x in c.cloud],
+                         "cloud": [x.to_json() for x in c.cloud],
                          "break_even": [f.to_json() for f in c.break_even],
                          "cheapest": c.cheapest, "verdict": c.verdict, "notes": c.notes},
                 "notes": self.notes}
