@@ -15,13 +15,15 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, status_code_conformance
 
+from homellm.gateway.backends import PROXY_PATHS
 from homellm.gateway.openapi import openapi_document
 from homellm.keys import KeyFile, KeyVerifier
 from tests.gateway.conftest import MODEL, Harness, LoopThread, RunningGateway, info
 
 EXAMPLES = 50  # per operation (both modes): about 250 requests in all, under 10 s
 
-schema = schemathesis.openapi.from_dict(openapi_document([MODEL, "other"], with_keys=True))
+schema = schemathesis.openapi.from_dict(openapi_document(
+    {MODEL: PROXY_PATHS, "other": PROXY_PATHS}, with_keys=True))
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=EXAMPLES,
     deterministic=True, database="none",

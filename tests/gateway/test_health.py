@@ -43,31 +43,64 @@ def test_fake_ejected_after_threshold_back_after_cooldown_and_check(harness: Har
 
 
 def test_fake_ejected_stays_out_while_health_fails(harness: Harness) -> None:
-    flaky = harness.fake(name="fake-flaky", fail_status=502)
+    flaky = harness.fake(name="fake-flaky", die_after=0)  # drops every connection: no answer
     gw = harness.gateway([info(flaky, "tiny/p")], fail_threshold=1, cooldown_s=0.5)
     with gw.http() as http:
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 502
     flaky.healthy = False
     assert gw.state("tiny/p")["state"] == "ejected"
     gw.wait_state("tiny/p", "down")  # cooldown over, but the check fails: still out
-    flaky.fail_status, flaky.healthy = None, True
+    flaky.die_after, flaky.healthy = None, True
     gw.wait_state("tiny/p", "ready")
 
 
 def test_fake_success_resets_consecutive_failures(harness: Harness) -> None:
-    flaky = harness.fake(name="fake-flaky", fail_status=500)
+    flaky = harness.fake(name="fake-flaky", die_after=0)
     gw = harness.gateway([info(flaky, "tiny/p")], fail_threshold=2, max_attempts=1)
     with gw.http() as http:
-        assert http.post("/v1/chat/completions", json=CHAT).status_code == 500
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 502
         assert gw.state("tiny/p")["consecutive_failures"] == 1
-        flaky.fail_status = None
+        flaky.die_after = None
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
-        flaky.fail_status = 500
-        assert http.post("/v1/chat/completions", json=CHAT).status_code == 500
+        flaky.die_after = 0
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 502
     snap = gw.state("tiny/p")
     assert snap["state"] == "ready" and snap["consecutive_failures"] == 1
     assert snap["failures"] == 2 and snap["successes"] == 1 and snap["requests"] == 3
-    assert snap["last_error"] == "HTTP 500"
+    assert snap["last_error"].startswith("ServerDisconnectedError")
+
+
+def test_fake_5xx_answers_alone_never_eject(harness: Harness) -> None:
+    """An engine that answers 5xx is alive: alone (or with every peer answering the same), the
+    request is at fault and no backend is counted; the client gets the engine's message."""
+    a = harness.fake(name="a", fail_status=500, fail_body=b"Internal Server Error")
+    b = harness.fake(name="b", fail_status=500, fail_body=b"Internal Server Error")
+    gw = harness.gateway([info(a, "tiny/a"), info(b, "tiny/b", "backup")], fail_threshold=1,
+                         max_attempts=3)
+    with gw.http() as http:
+        for _ in range(4):
+            response = http.post("/v1/chat/completions", json=CHAT)
+            assert response.status_code == 500
+            assert response.headers["x-homellm-attempts"] == "2"  # retried once, on the peer
+            error = response.json()["error"]
+            assert error["type"] == "server_error" and "Internal Server Error" in error["message"]
+    for name in ("tiny/a", "tiny/b"):
+        snap = gw.state(name)
+        assert snap["state"] == "ready" and snap["failures"] == 0, snap
+    assert a.requests == 4 and b.requests == 4
+
+
+def test_fake_5xx_counted_when_a_peer_serves_the_same_request(harness: Harness) -> None:
+    flaky = harness.fake(name="flaky", fail_status=500)
+    spare = harness.fake(name="spare")
+    gw = harness.gateway([info(flaky, "tiny/p"), info(spare, "tiny/b", "backup")],
+                         fail_threshold=1, cooldown_s=30)
+    with gw.http() as http:
+        response = http.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200 and response.headers["x-homellm-attempts"] == "2"
+    snap = gw.state("tiny/p")
+    assert snap["state"] == "ejected" and snap["failures"] == 1
+    assert "tiny/b served" in snap["last_error"]
 
 
 def test_fake_refused_marks_down_then_back_when_restarted(harness: Harness) -> None:

@@ -80,11 +80,16 @@ def test_metrics_stream_and_whole_requests_tokens_and_latency(harness: Harness) 
         assert embed.status_code == 200
         assert http.post("/v1/chat/completions", json={**STREAM, "model": "other"}).status_code \
             == 200
+        # the gateway's own 400 (no messages): no backend saw it, not in requests_total
         assert http.post("/v1/chat/completions", json={"model": MODEL}).status_code == 400
+        fake.fail_status = 422
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 422
+        fake.fail_status = None
     m = scrape(gw)
     one = {"model": MODEL, "backend": "tiny/0"}
     assert val(m, "requests_total", **one, status="200") == 7
-    assert val(m, "requests_total", **one, status="400") == 1  # the fake's own 400, passed on
+    assert val(m, "requests_total", **one, status="422") == 1  # the fake's own 422, passed on
+    assert total(m, "requests_total", status="400") == 0
     assert val(m, "time_to_first_token_seconds_count", **one) == 3  # streams only
     assert val(m, "request_duration_seconds_count", **one) == 8
     assert val(m, "request_duration_seconds_sum", **one) > 0
@@ -166,15 +171,15 @@ def test_metrics_500_retry_failover_ejection(harness: Harness) -> None:
 
 
 def test_metrics_all_attempts_failed_then_no_backend(harness: Harness) -> None:
-    bad = harness.fake(name="fake-500", fail_status=500)
+    bad = harness.fake(name="fake-dropping", die_after=0)
     gw = harness.gateway([info(bad, "tiny/0")], fail_threshold=2, cooldown_s=30)
     with gw.http() as http:
-        assert http.post("/v1/chat/completions", json=CHAT).status_code == 500
-        assert http.post("/v1/chat/completions", json=CHAT).status_code == 500
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 502
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 502
         gw.wait_state("tiny/0", "ejected")
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 503
     m = scrape(gw)
-    assert val(m, "requests_total", model=MODEL, backend="tiny/0", status="500") == 2
+    assert val(m, "requests_total", model=MODEL, backend="tiny/0", status="502") == 2
     assert val(m, "requests_total", model=MODEL, backend="none", status="503") == 1
     assert val(m, "retries_total", model=MODEL) == 0  # one backend: nothing to retry on
     assert val(m, "failovers_total", model=MODEL) == 0

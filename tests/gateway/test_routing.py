@@ -142,17 +142,21 @@ def test_fake_max_attempts_limits_tries(harness: Harness) -> None:
 
 
 def test_fake_4xx_passed_through_not_retried_not_counted(harness: Harness) -> None:
-    a, b = harness.fake(name="a"), harness.fake(name="b")
+    refusal = b'{"detail":"Unexpected fields in the request: {\'foo\'}"}'  # transformers serve
+    a = harness.fake(name="a", fail_status=422, fail_body=refusal)
+    b = harness.fake(name="b", fail_status=422, fail_body=refusal)
     gw = harness.gateway([info(a, "tiny/a"), info(b, "tiny/b")], fail_threshold=1)
-    bad = {"model": MODEL, "messages": "not a list"}
     with gw.http() as http:
         for _ in range(3):
-            response = http.post("/v1/chat/completions", json=bad)
-            assert response.status_code == 400
+            response = http.post("/v1/chat/completions", json={**CHAT, "foo": 1})
+            assert response.status_code == 422
             assert response.headers["x-homellm-attempts"] == "1"
-            assert response.json()["error"]["message"] == "fake backend: 'messages' must be a list"
-    with pytest.raises(openai.BadRequestError, match="messages"):
-        gw.openai().chat.completions.create(model=MODEL, messages="x")  # type: ignore[arg-type]
+            assert response.json() == {"error": {
+                "message": "Unexpected fields in the request: {'foo'}",
+                "type": "invalid_request_error", "param": None, "code": "engine_rejected"}}
+    with pytest.raises(openai.UnprocessableEntityError, match="Unexpected fields"):
+        gw.openai().chat.completions.create(model=MODEL, messages=CHAT["messages"],
+                                            extra_body={"foo": 1})
     assert a.requests + b.requests == 4
     for name in ("tiny/a", "tiny/b"):
         snap = gw.state(name)

@@ -8,8 +8,9 @@ Usage (inside a running event loop)::
     await gw.stop()
 
 The proxy routes (chat, completions, embeddings) are dispatched straight to raw ASGI handlers
-before Starlette's middleware stack: here the body is read and validated once (OpenAI-shaped 400,
-404, 413), then proxy.py forwards it. The small admin routes go through Starlette as usual.
+before Starlette's middleware stack: here the body is read, parsed and validated once
+(validation.py; OpenAI-shaped 400, 404, 413), then proxy.py forwards it. The small admin
+routes go through Starlette as usual.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from homellm.gateway.limits import Limits, Refusal, held_tokens
 from homellm.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from homellm.gateway.openapi import openapi_document
 from homellm.gateway.proxy import Proxy, error_body, reject, send_json
+from homellm.gateway.validation import validate
 from homellm.keys import KeyRecord, KeyVerifier
 
 __all__ = ["BackendInfo", "Gateway"]
@@ -288,6 +290,14 @@ class Gateway:
         if key is not None and not key.allows(model):
             return await reject(send, 403, f"the key {key.name!r} may not use model `{model}`",
                                 "model_not_allowed", "model")
+        if path not in pool.routes:
+            served = ", ".join(pool.routes) or "none"
+            msg = (f"The model `{model}` is served by an engine without {path} "
+                   f"(its routes: {served})")
+            return await reject(send, 404, msg, "route_not_served", "model")
+        violation = validate(path, payload)
+        if violation is not None:
+            return await reject(send, 400, violation.message, violation.code, violation.param)
         key_name = key.name if key is not None else ""
         ticket = limits.admit(key.name if key is not None else None,
                               key.key_limits if key is not None else None, held_tokens(payload))
@@ -317,8 +327,9 @@ class Gateway:
                                   "invalid_api_key")
                 return Response(body, 401, media_type="application/json")
         data = [
-            {"id": model, "object": "model", "created": self.created, "owned_by": "homellm"}
-            for model in self.pools if key is None or key.allows(model)
+            {"id": model, "object": "model", "created": self.created, "owned_by": "homellm",
+             "routes": list(pool.routes)}
+            for model, pool in self.pools.items() if key is None or key.allows(model)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -329,7 +340,8 @@ class Gateway:
             body = error_body("Incorrect or missing API key", "invalid_request_error",
                               "invalid_api_key")
             return Response(body, 401, media_type="application/json")
-        return JSONResponse(openapi_document(self.pools, with_keys=self.keys is not None))
+        routes = {model: pool.routes for model, pool in self.pools.items()}
+        return JSONResponse(openapi_document(routes, with_keys=self.keys is not None))
 
     async def _alive(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

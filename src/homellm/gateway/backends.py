@@ -45,6 +45,7 @@ class BackendInfo:
     base_url: str  # e.g. "http://127.0.0.1:8101" (OpenAI routes at base_url + "/v1/...")
     health_url: str  # GET → 200 when ready
     upstream_model: str  # value to put in the forwarded body's "model"
+    routes: tuple[str, ...] = PROXY_PATHS  # the proxy routes its engine serves
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Backend:
             raise ValueError(
                 f"backend {info.name}: role must be primary or backup, got {info.role!r}"
             )
+        unknown = set(info.routes) - set(PROXY_PATHS)
+        if unknown:
+            raise ValueError(f"backend {info.name}: no such proxy route(s) "
+                             f"{', '.join(sorted(unknown))}; known: {', '.join(PROXY_PATHS)}")
         self.info = info
         self.name = info.name
         base = info.base_url.rstrip("/")
@@ -174,15 +179,21 @@ class Backend:
 
 
 class Pool:
-    """The backends of one public model: primaries first, least outstanding, round-robin ties."""
+    """The backends of one public model: primaries first, least outstanding, round-robin ties.
 
-    __slots__ = ("_rr", "backends", "backups", "model", "primaries")
+    ``routes``: the proxy routes every one of its backends serves. Only those are advertised and
+    forwarded, so a failover never lands on an engine that lacks the route.
+    """
+
+    __slots__ = ("_rr", "backends", "backups", "model", "primaries", "routes")
 
     def __init__(self, model: str, backends: Iterable[Backend]) -> None:
         self.model = model
         self.backends: list[Backend] = list(backends)
         self.primaries = [b for b in self.backends if b.info.role == PRIMARY]
         self.backups = [b for b in self.backends if b.info.role == BACKUP]
+        self.routes = tuple(p for p in PROXY_PATHS
+                            if all(p in b.info.routes for b in self.backends))
         self._rr = 0
 
     def healthy(self) -> int:

@@ -9,7 +9,8 @@ last streamed chunk, then ``data: [DONE]``), POST /v1/embeddings, GET /v1/models
 A chat body without a ``messages`` list (or a completion without ``prompt``) gets a 400.
 
 Test knobs (constructor arguments, CLI flags, and plain attributes that may be changed while it
-runs): ``fail_status`` answers every completion with that status; ``hang_s`` waits that long
+runs): ``fail_status`` answers every completion with that status (and ``fail_body``, raw bytes,
+instead of an OpenAI-shaped error when set); ``hang_s`` waits that long
 before the response headers; ``die_after`` drops the connection after K streamed chunks (before
 any byte without streaming); ``stall_after`` stops sending after K chunks (until the peer goes);
 ``healthy=False`` makes /health answer 503 and ``health_delay_s`` makes it slow;
@@ -32,7 +33,8 @@ import signal
 import time
 from typing import Any
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 422: "Unprocessable Entity",
+            500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable"}
 _COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
 
@@ -73,10 +75,12 @@ class FakeBackend:
         delay_ms: float = 0.0, ttft_ms: float = 0.0, fail_status: int | None = None,
         hang_s: float = 0.0, die_after: int | None = None, stall_after: int | None = None,
         healthy: bool = True, health_delay_s: float = 0.0, send_done: bool = True,
+        fail_body: bytes | None = None,
     ) -> None:
         self.host, self.port, self.name = host, port, name
         self.tokens, self.delay_ms, self.ttft_ms = tokens, delay_ms, ttft_ms
         self.fail_status, self.hang_s = fail_status, hang_s
+        self.fail_body = fail_body
         self.die_after, self.stall_after = die_after, stall_after
         self.healthy, self.health_delay_s, self.send_done = healthy, health_delay_s, send_done
         self.requests = self.completed = self.disconnects = self.connections = 0
@@ -180,7 +184,13 @@ class FakeBackend:
             self.disconnects += 1
             return False
         if self.fail_status is not None:
-            writer.write(_error(self.fail_status, f"fake backend {self.name} told to fail"))
+            if self.fail_body is None:
+                writer.write(_error(self.fail_status, f"fake backend {self.name} told to fail"))
+            else:  # an engine's own error shape: FastAPI's {"detail": ...}, plain text, ...
+                ctype = "application/json" if self.fail_body[:1] in (b"{", b"[") else \
+                    "text/plain; charset=utf-8"
+                writer.write(_head(self.fail_status, [("content-type", ctype), (
+                    "content-length", str(len(self.fail_body)))]) + self.fail_body)
             return True
         model = str(request.get("model", ""))
         if path == "/v1/embeddings":

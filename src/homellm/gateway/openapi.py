@@ -1,16 +1,20 @@
 """The gateway's public API as an OpenAPI 3.1 document (``GET /openapi.json``).
 
-It describes what the gateway itself guarantees: the OpenAI-compatible routes with the subset of
-OpenAI's request fields every engine we run understands, the model names it serves, and every
-status it may answer with (each in OpenAI's error shape). Fields beyond these are passed on to
-the engine untouched. Tools read it (schemathesis fuzzes the gateway against it in the tests;
+It describes what the gateway itself guarantees: the OpenAI-compatible routes each model's engine
+serves, the request fields the gateway checks (their schemas come from validation.py's rules, so
+the document and the checks cannot disagree), the model names, and every status it may answer
+with, each in OpenAI's error shape (an engine's own error answers are reshaped into it by
+engine_errors.py). Fields beyond these are passed on to the engine untouched. Tools read it
+(schemathesis fuzzes the gateway against it in the tests;
 client generators may use it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from homellm.gateway.validation import CHAT, COMPLETIONS, EMBEDDINGS, request_schema
 
 _ERROR = {
     "type": "object",
@@ -28,47 +32,32 @@ _ERROR = {
 }
 
 _ERRORS = {
-    "400": "the body is not a JSON object, or lacks a model",
+    "400": "the body is not a JSON object, lacks a model, or a field is invalid (`param` names "
+           "it); or the engine refused the request (its own message)",
     "401": "missing or wrong API key",
     "403": "the key may not use this model",
-    "404": "no such model",
+    "404": "no such model, or the model's engine does not serve this route",
     "413": "the body is larger than gateway.limits.max_body_bytes",
+    "422": "the engine refused the request (its own message), e.g. a field it does not know",
     "429": "over a limit of the key or of the gateway; see Retry-After",
-    "502": "the backend failed",
-    "503": "no healthy backend for the model",
+    "500": "the engine failed on this request, on every backend tried (its own message)",
+    "502": "the backend failed (connection refused or dropped, an empty answer)",
+    "503": "no healthy backend for the model, or the engines answered 503",
     "504": "the backend sent no (next) token in time",
+}
+_PROXY_PATHS = {  # path → (operationId, streams)
+    CHAT: ("createChatCompletion", True),
+    COMPLETIONS: ("createCompletion", True),
+    EMBEDDINGS: ("createEmbedding", False),
 }
 
 
-def _sampling(completion_cap: bool = True) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object",
-                           "properties": {"include_usage": {"type": "boolean"}}},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "n": {"type": "integer", "const": 1},
-        "stop": {"oneOf": [{"type": "string"},
-                           {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
-        "seed": {"type": "integer"},
-        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-        "user": {"type": "string"},
-    }
-    if completion_cap:
-        fields["max_tokens"] = {"type": "integer", "minimum": 1}
-    return fields
-
-
-def _body(model_names: list[str], required: list[str], fields: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["model", *required],
-            "properties": {"model": {"type": "string", "enum": model_names}, **fields},
-        }}},
-    }
+def _body(model_names: list[str], path: str) -> dict[str, Any]:
+    schema = request_schema(path)
+    schema["required"] = ["model", *schema.get("required", [])]
+    schema["properties"] = {"model": {"type": "string", "enum": model_names},
+                            **schema["properties"]}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def _responses(ok: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -82,60 +71,42 @@ def _responses(ok: dict[str, Any], stream: bool) -> dict[str, Any]:
     return responses
 
 
-def openapi_document(model_names: Iterable[str], with_keys: bool) -> dict[str, Any]:
-    names = sorted(model_names)
-    message = {
-        "type": "object",
-        "required": ["role", "content"],
-        "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-            "content": {"type": "string"},
-        },
-    }
-    chat_fields = {"messages": {"type": "array", "items": message, "minItems": 1},
-                   "max_completion_tokens": {"type": "integer", "minimum": 1}, **_sampling()}
-    completion_fields = {"prompt": {"oneOf": [
-        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
-        **_sampling()}
-    embedding_fields = {
-        "input": {"oneOf": [{"type": "string"},
-                            {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
-        "encoding_format": {"type": "string", "enum": ["float"]},
-    }
+def openapi_document(model_routes: Mapping[str, Iterable[str]], with_keys: bool
+                     ) -> dict[str, Any]:
+    """The document for models served by the proxy routes given (model name → routes): a route
+    lists only the models whose engines serve it, and a route none serves is left out."""
     answer = {"type": "object"}
     models_list = {
         "type": "object",
         "required": ["object", "data"],
         "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
-            "type": "object", "required": ["id", "object"],
-            "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}},
+            "type": "object", "required": ["id", "object", "routes"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                           "routes": {"type": "array", "items": {"type": "string"}}}}}},
     }
     security = [{"bearer": []}] if with_keys else []
     plain_ok = {"200": {"description": "ok", "content": {"application/json": {
         "schema": {"type": "object"}}}}}
-    paths: dict[str, Any] = {
-        "/v1/chat/completions": {"post": {
-            "operationId": "createChatCompletion", "security": security,
-            "requestBody": _body(names, ["messages"], chat_fields),
-            "responses": _responses(answer, stream=True)}},
-        "/v1/completions": {"post": {
-            "operationId": "createCompletion", "security": security,
-            "requestBody": _body(names, ["prompt"], completion_fields),
-            "responses": _responses(answer, stream=True)}},
-        "/v1/embeddings": {"post": {
-            "operationId": "createEmbedding", "security": security,
-            "requestBody": _body(names, ["input"], embedding_fields),
-            "responses": _responses(answer, stream=False)}},
+    paths: dict[str, Any] = {}
+    served = {model: set(routes) for model, routes in model_routes.items()}
+    for path, (operation, stream) in _PROXY_PATHS.items():
+        names = sorted(model for model, routes in served.items() if path in routes)
+        if names:
+            paths[path] = {"post": {"operationId": operation, "security": security,
+                                    "requestBody": _body(names, path),
+                                    "responses": _responses(answer, stream)}}
+    paths.update({
         "/v1/models": {"get": {
             "operationId": "listModels", "security": security,
-            "responses": {"200": {"description": "the models this key may use", "content": {
+            "responses": {"200": {"description": "the models this key may use, each with the "
+                                                 "proxy routes its engine serves", "content": {
                 "application/json": {"schema": models_list}}},
                 "401": _responses(answer, False)["401"]}}},
         "/health": {"get": {"operationId": "alive", "security": [], "responses": plain_ok}},
         "/ready": {"get": {"operationId": "ready", "security": [], "responses": {
             **plain_ok, "503": {"description": "a model has no healthy backend",
                                 "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-    }
+    })
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "homellm gateway", "version": "1",

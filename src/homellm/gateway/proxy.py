@@ -26,6 +26,7 @@ from yarl import URL
 
 from homellm.config import GatewayConfig
 from homellm.gateway.backends import BACKUP, EJECTED, Backend, Pool
+from homellm.gateway.engine_errors import engine_error
 from homellm.gateway.health import describe_error, log_transition
 from homellm.gateway.metrics import NO_BACKEND, GatewayMetrics, parse_usage
 
@@ -37,6 +38,8 @@ CLIENT = "client"
 MAX_PENDING_BYTES = 1024 * 1024  # an SSE event longer than this is passed on unsplit
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 _DONE = b"data: [DONE]\n\n"
+# a request two backends answered with a 5xx is not tried further: it is the request's fault
+_SAME_ANSWER_LIMIT = 2
 _UPSTREAM_HEADERS = {"Content-Type": "application/json", "Accept": "*/*"}
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
@@ -168,7 +171,8 @@ class _Failure:
     status: int
     code: str
     message: str
-    body: bytes | None = None  # an upstream 5xx body in OpenAI's shape, passed on as is
+    body: bytes | None = None  # the engine's 5xx answer in OpenAI's shape (engine_errors.py)
+    answered: bool = False  # the engine answered with an HTTP error (it is alive)
 
 
 class Proxy:
@@ -266,7 +270,9 @@ class Proxy:
         bodies: dict[str, bytes] = {}  # the rewritten body per upstream model name
         tried: list[Backend] = []
         failure: _Failure | None = None
-        while len(tried) < self._config.max_attempts:
+        answered: list[Backend] = []  # backends that answered this request with a 5xx
+        answer: _Failure | None = None  # the first such answer, kept for the client
+        while len(tried) < self._config.max_attempts and len(answered) < _SAME_ANSWER_LIMIT:
             backend = pool.pick(tried)
             if backend is None:
                 break
@@ -285,10 +291,16 @@ class Proxy:
             finally:
                 backend.outstanding -= 1
             if failure is None:
+                if control.status < 400:
+                    self._convict(answered, backend)
                 return
+            if failure.answered:
+                answered.append(backend)
+                answer = answer or failure
             log.warning('event=attempt_failed model=%s backend=%s attempt=%d status=%d error="%s"',
                         pool.model, backend.name, len(tried), failure.status, failure.message)
             self._metrics.attempt_failed(pool.model, backend.name, failure.code)
+        failure = answer or failure  # an engine's own answer says more than a dropped one
         control.done = True
         control.status = failure.status if failure is not None else 503
         headers = [(b"x-homellm-attempts", b"%d" % len(tried))]
@@ -301,6 +313,12 @@ class Proxy:
         else:
             body = failure.body or error_body(failure.message, "server_error", failure.code)
             await send_json(send, failure.status, body, headers)
+
+    def _convict(self, answered: list[Backend], served_by: Backend) -> None:
+        """A peer served the request that these backends answered with a 5xx: so the request
+        was fine, and each of them gets a passive failure."""
+        for backend in answered:
+            self._failed(backend, f"answered HTTP 5xx to a request {served_by.name} served")
 
     def _failed(self, backend: Backend, error: str, refused: bool = False) -> None:
         health = self._config.health
@@ -382,18 +400,22 @@ class Proxy:
             chunk = await content.readany()
         control.idle()
         body = b"".join(chunks)
-        if status >= 500:
-            self._failed(backend, f"HTTP {status}")
-            return _Failure(status, "upstream_error", f"backend {name} answered HTTP {status}",
-                            body if _is_openai_error(body) else None)
-        if status < 400 and not body:
+        if status >= 400:
+            # the engine answered: it is alive, so this is no passive failure (the active
+            # check decides its health); a 5xx is retried once on a peer (see _forward)
+            error = engine_error(status, body, name)
+            if status >= 500:
+                return _Failure(error.status, "upstream_error", error.message, error.body,
+                                answered=True)
+            status, body, ctype = error.status, error.body, "application/json"
+        elif not body:
             self._failed(backend, "empty response")
             return _Failure(502, "upstream_error", f"backend {name} sent an empty body")
+        else:
+            ctype = response.headers.get("Content-Type", "application/json")
+            control.usage = body
         control.done = control.served = True
         control.status = status
-        if status < 400:
-            control.usage = body
-        ctype = response.headers.get("Content-Type", "application/json")
         headers.append((b"content-type", ctype.encode("latin-1", "replace")))
         headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -457,10 +479,3 @@ class Proxy:
         self._succeeded(backend)
         return None
 
-
-def _is_openai_error(body: bytes) -> bool:
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)

@@ -1,0 +1,501 @@
+"""Request validation for the proxy routes: the OpenAI fields engines choke on, checked once.
+
+A bad field in a request must get a 400 naming it, before any engine sees it: ``transformers
+serve`` answers 500 to ``"messages": "x"``, ``max_tokens: -1`` or ``temperature: -5``, and an
+engine's 500 tells the client nothing. Bounds and types follow OpenAI's published API (a JSON
+``true`` is not an integer there, nor here; ``NaN`` is not a number).
+
+Each route's rules are one :class:`Obj` built from small rule objects. The same objects give the
+JSON Schema that ``/openapi.json`` publishes (:func:`request_schema`), so what the document
+declares valid and what the gateway lets through cannot drift apart. Fields not named here
+(engine extensions such as ``top_k``) pass through unchecked.
+
+Everything here is pure and allocation-light: a valid request costs one dictionary lookup per
+field it carries.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+
+INVALID_TYPE = "invalid_type"
+INVALID_VALUE = "invalid_value"
+MISSING = "missing_required_parameter"
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Why a request is refused: the field's path (``messages[0].content``), what, a code."""
+
+    param: str
+    message: str
+    code: str
+
+
+def _join(param: str, key: str) -> str:
+    return f"{param}.{key}" if param else key
+
+
+_TYPE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
+
+
+class Rule(ABC):
+    """One JSON value's constraints: a check and the JSON Schema saying the same."""
+
+    __slots__ = ("nullable",)
+
+    def __init__(self, nullable: bool) -> None:
+        self.nullable = nullable
+
+    def check(self, value: Any, param: str) -> Violation | None:
+        if value is None:
+            return None if self.nullable else Violation(param, f"{param} must not be null",
+                                                        INVALID_TYPE)
+        return self._check(value, param)
+
+    @abstractmethod
+    def _check(self, value: Any, param: str) -> Violation | None:
+        """The check of a non-null value."""
+
+    @abstractmethod
+    def _schema(self) -> dict[str, Any]:
+        """The JSON Schema of a non-null value."""
+
+    def accepts_type(self, value: Any) -> bool:
+        """Whether ``value`` has this rule's JSON type (its bounds aside)."""
+        return value is None if self.nullable and value is None else self._accepts_type(value)
+
+    @abstractmethod
+    def _accepts_type(self, value: Any) -> bool: ...
+
+    def schema(self) -> dict[str, Any]:
+        schema = self._schema()
+        if not self.nullable:
+            return schema
+        if isinstance(schema.get("type"), str) and not ({"enum", "const"} & schema.keys()):
+            return {**schema, "type": [schema["type"], "null"]}
+        return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _number(value: float) -> str:
+    return str(value) if type(value) is int else f"{value:g}"
+
+
+def _bounds_message(param: str, low: float | None, high: float | None,
+                    low_open: bool = False) -> str:
+    if low is not None and high is not None:
+        if low == high:
+            return f"{param} must be {_number(low)}"
+        left = "(" if low_open else "["
+        return f"{param} must be in {left}{_number(low)}, {_number(high)}]"
+    if low is not None:
+        return f"{param} must be {'>' if low_open else '>='} {_number(low)}"
+    assert high is not None
+    return f"{param} must be <= {_number(high)}"
+
+
+class Int(Rule):
+    __slots__ = ("maximum", "minimum")
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None,
+                 nullable: bool = True) -> None:
+        super().__init__(nullable)
+        self.minimum, self.maximum = minimum, maximum
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is int
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if type(value) is not int:  # bool is a subclass of int, and not an integer in JSON
+            return Violation(param, f"{param} must be an integer, not {_kind(value)}",
+                             INVALID_TYPE)
+        if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum):
+            return Violation(param, _bounds_message(param, self.minimum, self.maximum),
+                             INVALID_VALUE)
+        return None
+
+    def _schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "integer"}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+class Num(Rule):
+    __slots__ = ("exclusive_minimum", "maximum", "minimum")
+
+    def __init__(self, minimum: float, maximum: float, exclusive_minimum: bool = False,
+                 nullable: bool = True) -> None:
+        super().__init__(nullable)
+        self.minimum, self.maximum = minimum, maximum
+        self.exclusive_minimum = exclusive_minimum
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is float or type(value) is int
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            return Violation(param, f"{param} must be a number, not {_kind(value)}",
+                             INVALID_TYPE)
+        if kind is float and not math.isfinite(value):
+            return Violation(param, f"{param} must be a finite number", INVALID_VALUE)
+        low = self.minimum
+        if value > self.maximum or value < low or (self.exclusive_minimum and value == low):
+            return Violation(param, _bounds_message(param, low, self.maximum,
+                                                    self.exclusive_minimum), INVALID_VALUE)
+        return None
+
+    def _schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "number", "maximum": self.maximum}
+        schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        return schema
+
+
+class Bool(Rule):
+    __slots__ = ()
+
+    def __init__(self, nullable: bool = True) -> None:
+        super().__init__(nullable)
+
+    def _accepts_type(self, value: Any) -> bool:
+        return value is True or value is False
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if value is True or value is False:
+            return None
+        return Violation(param, f"{param} must be a boolean, not {_kind(value)}", INVALID_TYPE)
+
+    def _schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
+class Str(Rule):
+    __slots__ = ("enum", "min_length")
+
+    def __init__(self, min_length: int = 0, enum: tuple[str, ...] = (),
+                 nullable: bool = True) -> None:
+        super().__init__(nullable)
+        self.min_length, self.enum = min_length, enum
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is str
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if type(value) is not str:
+            return Violation(param, f"{param} must be a string, not {_kind(value)}",
+                             INVALID_TYPE)
+        if self.enum and value not in self.enum:
+            allowed = ", ".join(repr(e) for e in self.enum)
+            return Violation(param, f"{param} must be one of {allowed}, not {value!r:.60}",
+                             INVALID_VALUE)
+        if len(value) < self.min_length:
+            return Violation(param, f"{param} must not be empty", INVALID_VALUE)
+        return None
+
+    def _schema(self) -> dict[str, Any]:
+        if len(self.enum) == 1:
+            return {"type": "string", "const": self.enum[0]}
+        schema: dict[str, Any] = {"type": "string"}
+        if self.enum:
+            schema["enum"] = list(self.enum)
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        return schema
+
+
+class Array(Rule):
+    __slots__ = ("items", "max_items", "min_items")
+
+    def __init__(self, items: Rule, min_items: int = 0, max_items: int | None = None,
+                 nullable: bool = True) -> None:
+        super().__init__(nullable)
+        self.items, self.min_items, self.max_items = items, min_items, max_items
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is list
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if type(value) is not list:
+            return Violation(param, f"{param} must be an array, not {_kind(value)}",
+                             INVALID_TYPE)
+        if len(value) < self.min_items:
+            what = "must not be empty" if self.min_items == 1 else \
+                f"must have at least {self.min_items} items"
+            return Violation(param, f"{param} {what}", INVALID_VALUE)
+        if self.max_items is not None and len(value) > self.max_items:
+            return Violation(param, f"{param} must have at most {self.max_items} items",
+                             INVALID_VALUE)
+        check = self.items.check
+        for index, item in enumerate(value):
+            violation = check(item, f"{param}[{index}]")
+            if violation is not None:
+                return violation
+        return None
+
+    def _schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "array", "items": self.items.schema()}
+        if self.min_items:
+            schema["minItems"] = self.min_items
+        if self.max_items is not None:
+            schema["maxItems"] = self.max_items
+        return schema
+
+
+class AnyOf(Rule):
+    """One of several rules of different JSON types (``stop``: a string or a list of them)."""
+
+    __slots__ = ("description", "rules")
+
+    def __init__(self, description: str, *rules: Rule, nullable: bool = True) -> None:
+        super().__init__(nullable)
+        self.description, self.rules = description, rules
+
+    def _accepts_type(self, value: Any) -> bool:
+        return any(rule.accepts_type(value) for rule in self.rules)
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        best: Violation | None = None
+        for rule in self.rules:
+            if rule.accepts_type(value):  # its type picks the alternative: report its reason
+                violation = rule.check(value, param)
+                if violation is None:
+                    return None
+                if best is None or len(violation.param) >= len(best.param):
+                    best = violation  # the alternative that got furthest into the value
+        return best or Violation(param, f"{param} must be {self.description}, "
+                                  f"not {_kind(value)}", INVALID_TYPE)
+
+    def _schema(self) -> dict[str, Any]:
+        return {"anyOf": [rule.schema() for rule in self.rules]}
+
+
+class Obj(Rule):
+    """A JSON object: named fields with rules (others allowed, unchecked) and required ones.
+
+    ``one_of_required``: at least one of these fields must be present and not null (an
+    assistant message carries ``content`` or ``tool_calls``).
+    """
+
+    __slots__ = ("fields", "one_of_required", "required")
+
+    def __init__(self, fields: Mapping[str, Rule], required: tuple[str, ...] = (),
+                 one_of_required: tuple[str, ...] = (), nullable: bool = False) -> None:
+        super().__init__(nullable)
+        self.fields = dict(fields)
+        self.required, self.one_of_required = required, one_of_required
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is dict
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if type(value) is not dict:
+            return Violation(param or "body", f"{param or 'the body'} must be an object, "
+                             f"not {_kind(value)}", INVALID_TYPE)
+        for name in self.required:
+            if name not in value:
+                where = _join(param, name)
+                return Violation(where, f"{where} is required", MISSING)
+        if self.one_of_required and all(value.get(n) is None for n in self.one_of_required):
+            names = " or ".join(_join(param, n) for n in self.one_of_required)
+            return Violation(_join(param, self.one_of_required[0]), f"{names} is required",
+                             MISSING)
+        fields = self.fields
+        for name, item in value.items():
+            rule = fields.get(name)
+            if rule is not None:
+                violation = rule.check(item, _join(param, name))
+                if violation is not None:
+                    return violation
+        return None
+
+    def _schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object", "properties": {n: r.schema() for n, r in self.fields.items()}}
+        if self.required:
+            schema["required"] = list(self.required)
+        if self.one_of_required:
+            schema["anyOf"] = [{"required": [n], "properties": {n: {"not": {"type": "null"}}}}
+                               for n in self.one_of_required]
+        return schema
+
+
+class Tagged(Rule):
+    """An object whose ``tag`` field (a string) picks its rules: messages by role, content
+    parts by type."""
+
+    __slots__ = ("tag", "variants")
+
+    def __init__(self, tag: str, variants: Mapping[str, Obj]) -> None:
+        super().__init__(nullable=False)
+        self.tag, self.variants = tag, dict(variants)
+
+    def _accepts_type(self, value: Any) -> bool:
+        return type(value) is dict
+
+    def _check(self, value: Any, param: str) -> Violation | None:
+        if type(value) is not dict:
+            return Violation(param, f"{param} must be an object, not {_kind(value)}",
+                             INVALID_TYPE)
+        where = _join(param, self.tag)
+        tag = value.get(self.tag)
+        if tag is None:
+            return Violation(where, f"{where} is required", MISSING)
+        variant = self.variants.get(tag) if type(tag) is str else None
+        if variant is None:
+            allowed = ", ".join(repr(v) for v in self.variants)
+            shown = repr(tag) if type(tag) is str else _kind(tag)
+            return Violation(where, f"{where} must be one of {allowed}, not {shown:.60}",
+                             INVALID_VALUE)
+        return variant.check(value, param)
+
+    def _schema(self) -> dict[str, Any]:
+        variants = []
+        for name, rule in self.variants.items():
+            schema = rule.schema()
+            schema["properties"] = {self.tag: {"type": "string", "const": name},
+                                    **schema["properties"]}
+            schema["required"] = [self.tag, *schema.get("required", [])]
+            variants.append(schema)
+        return {"oneOf": variants}
+
+
+# -- OpenAI's fields ---------------------------------------------------------------------------
+
+def _text() -> Rule:
+    return Str(nullable=False)
+
+
+_TEXT_PART = Obj({"text": _text()}, required=("text",))
+_IMAGE_PART = Obj({"image_url": Obj({"url": _text(), "detail": Str(
+    enum=("auto", "low", "high"), nullable=False)}, required=("url",))}, required=("image_url",))
+_AUDIO_PART = Obj({"input_audio": Obj({"data": _text(), "format": _text()},
+                                      required=("data", "format"))}, required=("input_audio",))
+_FILE_PART = Obj({"file": Obj({"file_data": _text(), "file_id": _text(),
+                               "filename": _text()})}, required=("file",))
+_REFUSAL_PART = Obj({"refusal": _text()}, required=("refusal",))
+
+
+def _content(*parts: tuple[str, Obj], nullable: bool = False) -> Rule:
+    return AnyOf("a string or an array of content parts", Str(nullable=False),
+                 Array(Tagged("type", dict(parts)), min_items=1, nullable=False),
+                 nullable=nullable)
+
+
+_TEXT_ONLY = _content(("text", _TEXT_PART))
+_TOOL_CALL = Obj({"id": _text(), "type": Str(enum=("function",), nullable=False),
+                  "function": Obj({"name": _text(), "arguments": _text()},
+                                  required=("name", "arguments"))},
+                 required=("id", "type", "function"))
+_NAME = {"name": Str(nullable=False)}
+
+MESSAGE = Tagged("role", {
+    "system": Obj({"content": _TEXT_ONLY, **_NAME}, required=("content",)),
+    "developer": Obj({"content": _TEXT_ONLY, **_NAME}, required=("content",)),
+    "user": Obj({"content": _content(("text", _TEXT_PART), ("image_url", _IMAGE_PART),
+                                     ("input_audio", _AUDIO_PART), ("file", _FILE_PART)),
+                 **_NAME}, required=("content",)),
+    "assistant": Obj({"content": _content(("text", _TEXT_PART), ("refusal", _REFUSAL_PART),
+                                          nullable=True),
+                      "tool_calls": Array(_TOOL_CALL, nullable=False),
+                      "refusal": Str(), **_NAME},
+                     one_of_required=("content", "tool_calls")),
+    "tool": Obj({"content": _TEXT_ONLY, "tool_call_id": _text()},
+                required=("content", "tool_call_id")),
+})
+
+_TOOL = Obj({"type": Str(enum=("function",), nullable=False),
+             "function": Obj({"name": Str(min_length=1, nullable=False),
+                              "description": Str(nullable=False),
+                              "parameters": Obj({}), "strict": Bool()},
+                             required=("name",))},
+            required=("type", "function"))
+
+_STOP = AnyOf("a string or an array of up to 4 strings", Str(nullable=False),
+              Array(Str(nullable=False), max_items=4, nullable=False))
+_TOKENS = Array(Int(minimum=0, nullable=False), min_items=1, nullable=False)
+
+
+def _inputs() -> Rule:
+    """A completion's prompt or an embedding's input: engines refuse empty ones."""
+    text = Str(min_length=1, nullable=False)
+    return AnyOf("a non-empty string, an array of them, token ids or arrays of token ids",
+                 text, Array(text, min_items=1, nullable=False), _TOKENS,
+                 Array(_TOKENS, min_items=1, nullable=False), nullable=False)
+
+_SAMPLING: dict[str, Rule] = {
+    "max_tokens": Int(minimum=1),
+    "temperature": Num(0, 2),
+    "top_p": Num(0, 1, exclusive_minimum=True),
+    "n": Int(minimum=1, maximum=1),  # one choice per request: transformers serve ignores n
+    "stream": Bool(),
+    "stream_options": Obj({"include_usage": Bool()}, nullable=True),
+    "stop": _STOP,
+    "seed": Int(minimum=INT64_MIN, maximum=INT64_MAX),
+    "presence_penalty": Num(-2, 2),
+    "frequency_penalty": Num(-2, 2),
+    "user": Str(nullable=False),
+}
+
+CHAT_REQUEST = Obj({
+    "messages": Array(MESSAGE, min_items=1, nullable=False),
+    "max_completion_tokens": Int(minimum=1),
+    **_SAMPLING,
+    "logprobs": Bool(),
+    "top_logprobs": Int(minimum=0, maximum=20),
+    "tools": Array(_TOOL, nullable=False),
+}, required=("messages",))
+
+COMPLETION_REQUEST = Obj({
+    "prompt": _inputs(),
+    **_SAMPLING,
+    "logprobs": Int(minimum=0, maximum=5),
+    "echo": Bool(),
+    "best_of": Int(minimum=1, maximum=1),  # like n: one completion per request
+    "suffix": Str(),
+}, required=("prompt",))
+
+EMBEDDING_REQUEST = Obj({
+    "input": _inputs(),
+    "encoding_format": Str(enum=("float", "base64")),
+    "dimensions": Int(minimum=1),
+    "user": Str(nullable=False),
+}, required=("input",))
+
+REQUESTS: dict[str, Obj] = {CHAT: CHAT_REQUEST, COMPLETIONS: COMPLETION_REQUEST,
+                            EMBEDDINGS: EMBEDDING_REQUEST}
+
+
+def validate(path: str, payload: dict[str, Any]) -> Violation | None:
+    """The first violation in a parsed request body for ``path``, or None when it may go on.
+
+    ``model`` is checked by the caller (it picks the pool); everything else named in the route's
+    rules is checked here.
+    """
+    rules = REQUESTS.get(path)
+    if rules is None:
+        return None
+    return rules.check(payload, "")
+
+
+def request_schema(path: str) -> dict[str, Any]:
+    """The JSON Schema of ``path``'s request body (without ``model``), as validate() applies it."""
+    return REQUESTS[path].schema()
