@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from homellm.errors import ConfigError
+from homellm.longcontext import LongContextError, extension_for, window_for_source
 
 EngineName = Literal["transformers", "vllm", "sglang", "llamacpp"]
 ENGINE_NAMES: tuple[str, ...] = ("transformers", "vllm", "sglang", "llamacpp")
@@ -375,7 +376,24 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
                 where = ".".join(str(p) for p in path)
                 raise ConfigError(f"{file}:{line}: {where}.source: model {holder.source!r} "
                                   "not found")
+        if model.max_context:
+            line = lines.get(("models", name, "max_context"), 1)
+            check_long_context(f"{file}:{line}: models.{name}.max_context",
+                               model.max_context, [h.source for _, h in holders])
     return stack
+
+
+def check_long_context(where: str, context: int, sources: list[str]) -> None:
+    """Refuse a context beyond a model's window that its authors document no rope scaling for
+    (:mod:`homellm.longcontext`); an unknown window (a hub id neither cached nor in the
+    catalog) is left to the engine."""
+    for source in dict.fromkeys(sources):
+        window = window_for_source(source)
+        try:
+            if window is not None:
+                extension_for(window, context)
+        except LongContextError as exc:
+            raise ConfigError(f"{where}: {exc.problem}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from homellm.config import ModelConfig, ReplicaConfig
+from homellm.engines.rope import rope_extension, with_config_overrides
 from homellm.errors import ConfigError
 
 
@@ -81,6 +82,8 @@ class ServedModelAdapter(EngineAdapter):
     context_flag: str
     # the engine_args key of pipeline parallelism: the replica's GPUs are then tp × pp
     pipeline_parallel_arg: str
+    # the engine_args key taking config.json overrides as JSON (rope scaling for long contexts)
+    config_override_arg: str
 
     @abstractmethod
     def head_argv(self, model: ModelConfig, replica: ReplicaConfig, port: int) -> list[str]:
@@ -101,7 +104,8 @@ class ServedModelAdapter(EngineAdapter):
             argv += [self.context_flag, str(model.max_context)]
         if model.dtype != "auto":
             argv += ["--dtype", model.dtype]
-        argv += render_engine_args(model.engine_args)
+        argv += render_engine_args(with_config_overrides(
+            model_name, model.engine_args, self.config_override_arg, rope_extension(model)))
         base = f"http://{replica.host}:{port}"
         return LaunchSpec(
             model=model_name, replica=f"{model_name}/{index}", role=replica.role, argv=argv,

@@ -16,11 +16,14 @@ from typing import Literal
 
 from homellm.config import ModelConfig, ReplicaConfig
 from homellm.engines.base import EngineAdapter, LaunchSpec, render_engine_args
+from homellm.engines.rope import rope_extension
 from homellm.errors import EngineError
+from homellm.longcontext import RopeExtension
 
 ServerKind = Literal["auto", "llama-server", "llama_cpp.server"]
 
 PYTHON_SERVER_MODULE = "llama_cpp.server"
+LLAMA_ROPE_SCALING_TYPE_YARN = 2  # llama_cpp/llama_cpp.py (enum llama_rope_scaling_type)
 LLAMA_SERVER_VERSION = "llama.cpp 0c1e57098"  # the commit llama-cpp-python 0.3.36 vendors
 LLAMA_CPP_PYTHON_VERSION = "llama-cpp-python 0.3.36"
 GGUF_MAGIC = b"GGUF"
@@ -53,13 +56,14 @@ class LlamaCppAdapter(EngineAdapter):
         gguf = gguf_model_file(model.source)
         offload = bool(replica.gpus) and model.device != "cpu"
         exe = self.llama_server_path()
+        rope = rope_extension(model, str(gguf))  # the GGUF's own context_length is the window
         if exe is not None:
             argv = llama_server_argv(exe, gguf, model_name, model, replica.host, port,
-                                     replica.gpus if offload else [])
+                                     replica.gpus if offload else [], rope)
             health_path = "/health"  # 503 while loading, 200 once the model is in memory
         else:
             argv = python_server_argv(gguf, model_name, model, replica.host, port,
-                                      replica.gpus if offload else [])
+                                      replica.gpus if offload else [], rope)
             health_path = "/v1/models"  # no /health; uvicorn starts after the model has loaded
         base = f"http://{_url_host(replica.host)}:{port}"
         return LaunchSpec(
@@ -83,7 +87,7 @@ def is_python_server(argv: list[str]) -> bool:
 
 
 def llama_server_argv(exe: str, gguf: Path, alias: str, model: ModelConfig, host: str, port: int,
-                      gpus: list[int]) -> list[str]:
+                      gpus: list[int], rope: RopeExtension | None = None) -> list[str]:
     """``llama-server``: dashed long flags only (the preflight checks ``--`` flags)."""
     ours: list[tuple[str, list[str]]] = [
         ("--model", [str(gguf)]), ("--host", [host]), ("--port", [str(port)]),
@@ -91,6 +95,10 @@ def llama_server_argv(exe: str, gguf: Path, alias: str, model: ModelConfig, host
     ]
     if model.max_context:
         ours.append(("--ctx-size", [str(model.max_context)]))
+    if rope is not None:
+        # common/arg.cpp: --rope-scale N sets rope_freq_scale = 1/N; --yarn-orig-ctx N
+        ours += [("--rope-scaling", ["yarn"]), ("--rope-scale", [f"{rope.factor:g}"]),
+                 ("--yarn-orig-ctx", [str(rope.original_max_position_embeddings)])]
     # no GPUs: leave --n-gpu-layers out; a CPU build ignores it and CUDA_VISIBLE_DEVICES="" hides
     # every GPU from a CUDA build anyway
     if gpus:
@@ -103,7 +111,7 @@ def llama_server_argv(exe: str, gguf: Path, alias: str, model: ModelConfig, host
 
 
 def python_server_argv(gguf: Path, alias: str, model: ModelConfig, host: str, port: int,
-                       gpus: list[int]) -> list[str]:
+                       gpus: list[int], rope: RopeExtension | None = None) -> list[str]:
     """``python -m llama_cpp.server``: underscore flags, and booleans need a value."""
     ours: list[tuple[str, list[str]]] = [
         ("--model", [str(gguf)]), ("--host", [host]), ("--port", [str(port)]),
@@ -114,6 +122,12 @@ def python_server_argv(gguf: Path, alias: str, model: ModelConfig, host: str, po
     ]
     if model.max_context:
         ours.append(("--n_ctx", [str(model.max_context)]))
+    if rope is not None:
+        # llama_cpp/server/settings.py: rope_scaling_type (the enum's int), rope_freq_scale
+        # (1/factor, as llama-server's --rope-scale sets it), yarn_orig_ctx
+        ours += [("--rope_scaling_type", [str(LLAMA_ROPE_SCALING_TYPE_YARN)]),
+                 ("--rope_freq_scale", [repr(1.0 / rope.factor)]),
+                 ("--yarn_orig_ctx", [str(rope.original_max_position_embeddings)])]
     if gpus:
         ours.append(("--n_gpu_layers", ["-1"]))  # -1 = every layer
     if len(gpus) > 1:

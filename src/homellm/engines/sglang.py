@@ -14,6 +14,7 @@ class SglangAdapter(ServedModelAdapter):
     documented_version = "sglang 0.5.23"
     tensor_parallel_flag = "--tp-size"
     pipeline_parallel_arg = "pp_size"
+    config_override_arg = "json_model_override_args"
     context_flag = "--context-length"
 
     def _cli(self) -> list[str]:

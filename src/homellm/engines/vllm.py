@@ -16,6 +16,7 @@ class VllmAdapter(ServedModelAdapter):
     documented_version = "vllm 0.33.0"
     tensor_parallel_flag = "--tensor-parallel-size"
     pipeline_parallel_arg = "pipeline_parallel_size"
+    config_override_arg = "hf_overrides"
     context_flag = "--max-model-len"
 
     def _cli(self) -> list[str]:
