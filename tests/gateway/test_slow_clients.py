@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -86,9 +87,9 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+def read_until_closed(sock: socket.socket, timeout: float, reset_ok: bool = True) -> bytes:
     """Everything the gateway sends until it closes the connection (AssertionError if it does
-    not within ``timeout``)."""
+    not within ``timeout``, or if it resets the connection and not ``reset_ok``)."""
     deadline = time.monotonic() + timeout
     data = b""
     while True:
@@ -100,6 +101,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
         except TimeoutError:
             continue
         except ConnectionResetError:
+            assert reset_ok, f"connection reset after {data[:200]!r}"
             return data
         if not chunk:
             return data
@@ -265,19 +267,29 @@ def test_a_stalled_body_gets_408_and_never_reaches_the_backend(loop_thread: Loop
 
 def test_an_early_answer_before_the_body_ends_still_times_out_the_idle_connection(
         loop_thread: LoopThread, tmp_path: Path) -> None:
-    """The gateway answers 413 before the body is over; the rest of the body arrives; then the
-    client goes quiet: the connection is closed by the idle timeout, not kept forever."""
-    clients = "{idle_timeout_s: 1, body_timeout_s: 60}"
+    """The gateway answers 413 before the body is over; the rest of the body arrives after the
+    answer; then the client goes quiet: the idle timeout closes the connection."""
+    clients = "{idle_timeout_s: 1, body_timeout_s: 60, header_timeout_s: 60}"
     with in_process_gateway(loop_thread, tmp_path, clients, "{max_body_bytes: 1024}") as (
             running, fake):
-        body = b'{"model": "m", "prompt": "' + b"x" * 200_000 + b'"}'
+        body = b'{"model": "m", "prompt": "' + b"x" * 20_000 + b'"}'
         with connect(running.stack.gateway.port) as sock:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
                          % len(body))
-            sock.sendall(body)
-            answer = read_until_closed(sock, 15)
-        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            sent = 0
+            while not select.select([sock], [], [], 0.2)[0]:  # until the gateway answers
+                assert sent < len(body) // 2, "no 413 while the body was arriving"
+                sock.sendall(body[sent:sent + 1024])
+                sent += 1024
+            answer = b""
+            while b"}}" not in answer:  # the whole 413, sent before the body is over
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            sock.sendall(body[sent:])
+            assert read_until_closed(sock, 15) == b""
         assert fake.requests == 0
 
 
@@ -295,15 +307,22 @@ def test_over_the_cap_new_connections_get_503_and_open_ones_keep_being_served(
             for conn in held:  # keep-alive connections, open and idle
                 conn.request("GET", "/health")
                 assert conn.getresponse().read() and conn.sock is not None
-            for _ in range(3):
-                extra = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                extra.request("POST", "/v1/chat/completions", json.dumps(CHAT),
-                              {"content-type": "application/json"})
-                refused = extra.getresponse()
-                error = json.loads(refused.read())["error"]
-                assert refused.status == 503 and refused.getheader("retry-after") == "1"
-                assert error["code"] == "too_many_connections"
-                extra.close()
+            refused = httpx.post(running.url + "/v1/chat/completions", json=CHAT, timeout=10)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "too_many_connections"
+            body = json.dumps(CHAT).encode()
+            request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            for _ in range(5):
+                # the request sent once the gateway has refused the connection (its 503 is
+                # there): a refusal that closed at once would meet the request with a reset,
+                # and the client would see an error instead of the 503
+                with connect(port) as sock:
+                    select.select([sock], [], [], 10)
+                    sock.sendall(request)
+                    time.sleep(0.05)
+                    answer = read_until_closed(sock, 10, reset_ok=False)
+                assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
             assert fake.requests == 0
             for conn in held:  # the open ones are still served, on the same connections
                 conn.request("POST", "/v1/chat/completions", json.dumps(CHAT),
@@ -315,7 +334,7 @@ def test_over_the_cap_new_connections_get_503_and_open_ones_keep_being_served(
 
             held[0].request("GET", "/metrics")
             text = held[0].getresponse().read().decode()
-            assert metric(text, "homellm_gateway_client_connections_refused_total") == 3
+            assert metric(text, "homellm_gateway_client_connections_refused_total") == 6
             assert metric(text, "homellm_gateway_client_connections") == cap
 
             held.pop().close()  # one slot frees up: a new client gets in
