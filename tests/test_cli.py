@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 
 
@@ -39,16 +41,6 @@ def test_check_json_lists_each_replica_process(tmp_path: Path) -> None:
     assert remote["remote"] is True and remote["command"] == []
     human = _homellm("check", "-c", str(stack))
     assert "CUDA_VISIBLE_DEVICES=0,1" in human.stdout and "remote backend" in human.stdout
-
-
-def test_check_preflight_refuses_a_flag_the_engine_lacks(tmp_path: Path) -> None:
-    stack = tmp_path / "homellm.yaml"
-    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n"
-                     "    engine_args: {speculative_decoding: true}\n    replicas: [{}]\n")
-    done = _homellm("check", "-c", str(stack), "--preflight")
-    assert done.returncode == 1
-    assert "does not accept --speculative-decoding" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def _stack(tmp_path: Path, listen: str) -> Path:
@@ -85,3 +77,92 @@ def test_up_with_keys_needs_the_keys_file_and_may_listen_beyond_loopback(tmp_pat
     assert done.returncode == 2
     assert f"{tmp_path / 'keys.json'}: keys file not found" in done.stderr
     assert "not loopback" not in done.stderr
+
+
+def _refusal(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+# what `up` refuses before it starts anything: `check` refuses each the same way (exit 2, the
+# same one line naming FILE:LINE), so a file that passes check is one up starts
+REFUSED_BEFORE_START = {
+    "beyond loopback without keys": (
+        "models:\n  a:\n    source: {model}\n    replicas: [{{}}]\n"
+        "gateway:\n  listen: 0.0.0.0:{port}\n",
+        "homellm.yaml:6: gateway.listen: 0.0.0.0:{port} is not loopback, and no API keys are "
+        "configured"),
+    "duplicate key": (
+        "models:\n  a:\n    source: {model}\n    engine: transformers\n    replicas: [{{}}]\n"
+        "    engine: vllm\ngateway:\n  listen: 127.0.0.1:{port}\n",
+        "homellm.yaml:6: models.a.engine: duplicate key (first at line 4)"),
+    "keys file missing": (
+        "models:\n  a:\n    source: {model}\n    replicas: [{{}}]\n"
+        "gateway:\n  listen: 0.0.0.0:{port}\n  api_keys_file: keys.json\n",
+        "{folder}/keys.json: keys file not found"),
+    "false with no negative form": (
+        "models:\n  a:\n    source: {model}\n    engine: sglang\n"
+        "    engine_args:\n      enable_torch_compile: false\n    replicas: [{{gpus: [0]}}]\n"
+        "gateway:\n  listen: 127.0.0.1:{port}\n",
+        "homellm.yaml:6: models.a.engine_args.enable_torch_compile: false, but sglang has no "
+        "--no-enable-torch-compile; remove it or set true"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_BEFORE_START))
+def test_check_refuses_what_up_refuses(tmp_path: Path, case: str) -> None:
+    text, expected = REFUSED_BEFORE_START[case]
+    port = free_port()
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text(text.format(model=tmp_path, port=port))
+    expected = expected.format(port=port, folder=tmp_path)
+    checked = _homellm("check", "-c", str(stack))
+    started = _homellm("up", "-c", str(stack), "--run-dir", str(tmp_path / "run"))
+    for done in (checked, started):
+        assert done.returncode == 2, done.stderr
+        line = _refusal(done)
+        assert expected in line, line
+        assert line.removeprefix("error: ").startswith(str(stack) if "keys" not in case
+                                                       else str(tmp_path)), line
+    assert not (tmp_path / "run" / "logs").exists()  # no engine was started
+
+
+def test_check_preflight_refuses_an_unknown_engine_args_flag_at_its_line(tmp_path: Path) -> None:
+    """`up` always asks the installed engine; `check --preflight` does the same, and a flag the
+    stack file asked for is the file's error (exit 2, its line), like a misspelt field."""
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n"
+                     "    engine_args:\n      compile: false\n      speculative_decoding: true\n"
+                     f"    replicas: [{{}}]\ngateway:\n  listen: 127.0.0.1:{free_port()}\n")
+    assert _homellm("check", "-c", str(stack)).returncode == 0  # statically nothing is known
+    for done in (_homellm("check", "-c", str(stack), "--preflight"),
+                 _homellm("up", "-c", str(stack), "--run-dir", str(tmp_path / "run"))):
+        assert done.returncode == 2, done.stderr
+        assert _refusal(done).startswith(
+            f"error: {stack}:6: models.a.engine_args.speculative_decoding: the installed "
+            "transformers does not accept --speculative-decoding"), done.stderr
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_transformers_max_context_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    engine: transformers\n"
+                     "    max_context: 4096\n    replicas: [{}, {role: backup}]\n")
+    expected = (f"{stack}:5: models.a.max_context: transformers serve has no context-length "
+                "limit, so 4096 is not enforced")
+    human = _homellm("check", "-c", str(stack))
+    assert human.returncode == 0, human.stderr
+    assert _refusal(human).startswith(f"warning: {expected}")  # once, for two replicas
+    machine = _homellm("check", "-c", str(stack), "--json")
+    assert machine.returncode == 0
+    (warning,) = json.loads(machine.stdout)["warnings"]
+    assert (warning["file"], warning["line"], warning["field"]) == (str(stack), 5,
+                                                                    "models.a.max_context")
+    assert warning["message"].startswith("transformers serve has no context-length limit")
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    engine: vllm\n"
+                     "    max_context: 4096\n    replicas: [{gpus: [0]}]\n")
+    quiet = _homellm("check", "-c", str(stack), "--json")
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["warnings"] == []
+    assert quiet.stderr == ""

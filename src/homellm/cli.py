@@ -63,25 +63,35 @@ def check(config: StackOption = Path("homellm.yaml"),
           engines: Annotated[bool, typer.Option(
               "--preflight", help="also ask each installed engine whether it accepts our flags")
           ] = False) -> None:
-    """Validate a stack file and print the processes it resolves to."""
+    """Validate a stack file and print the processes it resolves to.
+
+    It refuses what `homellm up` refuses before starting anything (exit 2, FILE:LINE), short of
+    a taken port and, without --preflight, flags the installed engines lack. Warnings (a
+    setting an engine cannot apply) are printed to stderr and keep exit 0.
+    """
     from homellm.config import load_stack
     from homellm.engines.preflight import preflight
-    from homellm.engines.registry import resolve_stack
+    from homellm.stackcheck import resolve_for_start
 
     try:
         stack = load_stack(config)
-        specs = resolve_stack(stack)
+        resolved = resolve_for_start(stack)
+        specs = resolved.specs
         if engines:
             specs = [preflight(s) for s in specs]
     except HomellmError as exc:
         _fail(exc)
+    for warning in resolved.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", markup=True, soft_wrap=True)
     rows = [{"replica": s.replica, "role": s.role, "engine": s.engine, "gpus": s.gpus,
              "command": s.argv, "env": s.env, "url": s.base_url, "health_url": s.health_url,
              "upstream_model": s.upstream_model, "remote": s.remote} for s in specs]
     if json_output:
+        warnings = [{"file": w.file, "line": w.line, "field": w.field, "message": w.message}
+                    for w in resolved.warnings]
         print(json.dumps({"stack": str(config), "gateway": stack.gateway.listen,
-                          "clients": stack.gateway.clients.model_dump(), "replicas": rows},
-                         indent=2))
+                          "clients": stack.gateway.clients.model_dump(), "replicas": rows,
+                          "warnings": warnings}, indent=2))
         return
     import shlex
 

@@ -18,7 +18,6 @@ from rich.console import Console
 from homellm.config import GatewayConfig, StackConfig, is_loopback
 from homellm.engines.base import LaunchSpec
 from homellm.engines.preflight import preflight
-from homellm.engines.registry import resolve_stack
 from homellm.errors import ConfigError
 from homellm.fsutil import atomic_write_text, homellm_home
 from homellm.gateway.admin import ReplicaControl
@@ -27,6 +26,7 @@ from homellm.gateway.backends import BackendInfo
 from homellm.gateway.connections import guarded_server_config
 from homellm.keys import KeyVerifier
 from homellm.reload import reload_stack
+from homellm.stackcheck import resolve_for_start
 from homellm.supervisor import EventCallback, Supervisor
 
 
@@ -103,11 +103,12 @@ async def running_stack(stack: StackConfig, run_dir: Path,
         if on_event is not None:
             on_event(replica, event, detail)
 
-    if stack.gateway.api_keys_file:  # a missing or broken keys file: refuse before any start
-        KeyVerifier(Path(stack.gateway.api_keys_file))
+    resolved = resolve_for_start(stack)  # keys file, commands: what `homellm check` refuses
+    for warning in resolved.warnings:
+        phase(f"warning: {warning}")
     sock = _bind(stack.gateway)  # fail on a taken port before starting any engine
     try:
-        specs = resolve_stack(stack)
+        specs = resolved.specs
         phase("checking engine flags against the installed engines")
         specs = [await asyncio.to_thread(preflight, spec) for spec in specs]
         supervisor = Supervisor(specs, stack.supervisor, run_dir, on_supervisor_event)

@@ -26,10 +26,22 @@ class LaunchSpec:
     gpus: list[int] = field(default_factory=list)
     # flags dropped, not refused, when the installed engine lacks them (nice-to-have features)
     optional_flags: tuple[str, ...] = ()
+    # flag → the stack file's engine_args entry it came from, so a flag the installed engine
+    # refuses is reported at FILE:LINE of that entry (filled by registry.resolve_stack)
+    arg_origins: dict[str, ArgOrigin] = field(default_factory=dict)
 
     @property
     def remote(self) -> bool:
         return not self.argv
+
+
+@dataclass(frozen=True)
+class ArgOrigin:
+    """Where an engine flag was asked for: ``homellm.yaml:7: models.a.engine_args.x``."""
+
+    where: str
+    value: str | int | float | bool | None
+
 
 
 def engine_flag(name: str) -> str:
@@ -37,13 +49,57 @@ def engine_flag(name: str) -> str:
     return "--" + name.lstrip("-").replace("_", "-")
 
 
-def render_engine_args(args: dict[str, str | int | float | bool | None]) -> list[str]:
-    """``{flag: value}`` → argv; ``True`` or ``None`` is a bare flag, ``False`` leaves it out."""
+EngineArgs = dict[str, str | int | float | bool | None]
+
+
+@dataclass(frozen=True)
+class FalseFlags:
+    """How an engine's parser turns a boolean flag off, as its source for the documented version
+    declares it: ``engine_args: {x: false}`` must reach the engine as that form, or be refused
+    (leaving the flag out keeps the engine's default, which may be on)."""
+
+    # True: every boolean flag has a negative form (argparse's BooleanOptionalAction, typer's
+    # bool options); False: plain store_true flags, only ``negatives`` exist
+    all_negatable: bool
+    # all_negatable: the flags that have none (store_true)
+    store_true: frozenset[str] = frozenset()
+    # not all_negatable: the negative flags that exist
+    negatives: frozenset[str] = frozenset()
+    # prefix swaps before ``--no-``: vLLM pairs ``--enable-x`` with ``--disable-x``
+    inverse_prefixes: tuple[tuple[str, str], ...] = ()
+
+    def negative(self, flag: str) -> str | None:
+        """The flag that turns ``flag`` off; None when the engine has none."""
+        if self.all_negatable:
+            if flag in self.store_true:
+                return None
+            for prefix, inverse in self.inverse_prefixes:
+                if flag.startswith(prefix):
+                    return inverse + flag.removeprefix(prefix)
+            return "--no-" + flag.removeprefix("--")
+        negative = "--no-" + flag.removeprefix("--")
+        return negative if negative in self.negatives else None
+
+
+def false_refusal(engine: str, where: str, negative: str) -> str:
+    """The one line for ``x: false`` where the engine has no ``negative`` form of ``--x``."""
+    return f"{where}: false, but {engine} has no {negative}; remove it or set true"
+
+
+def render_engine_args(args: EngineArgs, false_flags: FalseFlags, engine: str) -> list[str]:
+    """``{flag: value}`` → argv; ``True`` or ``None`` is a bare flag, ``False`` the engine's
+    negative form (ConfigError where it has none)."""
     argv: list[str] = []
     for name, value in args.items():
+        flag = engine_flag(name)
         if value is False:
+            negative = false_flags.negative(flag)
+            if negative is None:
+                raise ConfigError(false_refusal(engine, f"engine_args.{name}",
+                                                "--no-" + flag.removeprefix("--")))
+            argv.append(negative)
             continue
-        argv.append(engine_flag(name))
+        argv.append(flag)
         if value is not True and value is not None:
             argv.append(str(value))
     return argv
@@ -55,6 +111,20 @@ class EngineAdapter(ABC):
     name: str
     # the version whose documentation the emitted flags were checked against
     documented_version: str
+    # how that version's parser spells a boolean flag turned off
+    false_flags: FalseFlags
+
+    def arg_flag(self, name: str, value: str | int | float | bool | None) -> str | None:
+        """The flag engine_args ``name: value`` becomes; None: false, with no negative form."""
+        flag = engine_flag(name)
+        return self.false_flags.negative(flag) if value is False else flag
+
+    def render_engine_args(self, args: EngineArgs) -> list[str]:
+        return render_engine_args(args, self.false_flags, self.name)
+
+    def config_warnings(self, model: ModelConfig) -> list[tuple[str, str]]:
+        """(field, message) for settings of ``model`` this engine cannot apply."""
+        return []
 
     @abstractmethod
     def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
@@ -104,7 +174,7 @@ class ServedModelAdapter(EngineAdapter):
             argv += [self.context_flag, str(model.max_context)]
         if model.dtype != "auto":
             argv += ["--dtype", model.dtype]
-        argv += render_engine_args(with_config_overrides(
+        argv += self.render_engine_args(with_config_overrides(
             model_name, model.engine_args, self.config_override_arg, rope_extension(model)))
         base = f"http://{replica.host}:{port}"
         return LaunchSpec(

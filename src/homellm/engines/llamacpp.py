@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from homellm.config import ModelConfig, ReplicaConfig
-from homellm.engines.base import EngineAdapter, LaunchSpec, render_engine_args
+from homellm.engines.base import EngineAdapter, FalseFlags, LaunchSpec, render_engine_args
 from homellm.engines.rope import rope_extension
 from homellm.errors import EngineError
 from homellm.longcontext import RopeExtension
@@ -31,12 +31,26 @@ FULL_OFFLOAD_LAYERS = "999"  # llama-server: more layers than any model has = al
 
 EngineArgs = dict[str, str | int | float | bool | None]
 
+# common/arg.cpp at that commit: a boolean option is declared with its positive and its negative
+# spellings; options declared with one list (store_true style) have no negative
+LLAMA_SERVER_FALSE_FLAGS = FalseFlags(all_negatable=False, negatives=frozenset({
+    "--no-agent", "--no-cache-idle-slots", "--no-cache-prompt", "--no-cont-batching",
+    "--no-context-shift", "--no-conversation", "--no-cors-credentials", "--no-display-prompt",
+    "--no-escape", "--no-jinja", "--no-kv-offload", "--no-kv-unified", "--no-log-jsonl",
+    "--no-log-prefix", "--no-log-timestamps", "--no-mmproj", "--no-mmproj-auto",
+    "--no-mmproj-offload", "--no-models-autoload", "--no-op-offload", "--no-perf", "--no-ppl",
+    "--no-prefill-assistant", "--no-reasoning-preserve", "--no-repack", "--no-show-timings",
+    "--no-skip-chat-parsing", "--no-slots", "--no-spec-draft-backend-sampling", "--no-warmup",
+    "--no-ui", "--no-webui", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy",
+}))
+
 
 class LlamaCppAdapter(EngineAdapter):
     name = "llamacpp"
     # llama-server: tools/server/README.md and common/arg.cpp at that commit (vendored in the
     # llama-cpp-python 0.3.36 sdist); llama_cpp.server: its --help and llama_cpp/server/settings.py
     documented_version = f"{LLAMA_SERVER_VERSION} (llama-server); {LLAMA_CPP_PYTHON_VERSION}"
+    false_flags = LLAMA_SERVER_FALSE_FLAGS
 
     def __init__(self, server: ServerKind = "auto") -> None:
         self.server = server
@@ -73,6 +87,11 @@ class LlamaCppAdapter(EngineAdapter):
             engine=self.name, gpus=list(replica.gpus),
         )
 
+    def arg_flag(self, name: str, value: str | int | float | bool | None) -> str | None:
+        if self.llama_server_path() is None:  # llama_cpp.server takes `--flag False`
+            return python_server_flag(name)
+        return super().arg_flag(name, value)
+
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         if is_python_server(spec.argv):
             return [spec.argv[0], "-m", PYTHON_SERVER_MODULE, "--help"]
@@ -106,7 +125,7 @@ def llama_server_argv(exe: str, gguf: Path, alias: str, model: ModelConfig, host
     if len(gpus) > 1:
         # layer split (the default --split-mode) in equal parts over the visible GPUs
         ours.append(("--tensor-split", [",".join("1" for _ in gpus)]))
-    extra = render_engine_args(model.engine_args)
+    extra = render_engine_args(model.engine_args, LLAMA_SERVER_FALSE_FLAGS, "llama-server")
     return [exe, *_without_overridden(ours, extra), *extra]
 
 
@@ -144,10 +163,15 @@ def render_python_server_args(args: EngineArgs) -> list[str]:
     """
     argv: list[str] = []
     for name, value in args.items():
-        argv.append("--" + name.lstrip("-").replace("-", "_"))
+        argv.append(python_server_flag(name))
         if value is not None:
             argv.append(str(value))  # True → "True", as its bool parser wants
     return argv
+
+
+def python_server_flag(name: str) -> str:
+    """``n-batch`` and ``n_batch`` both become llama_cpp.server's ``--n_batch``."""
+    return "--" + name.lstrip("-").replace("-", "_")
 
 
 def _without_overridden(ours: list[tuple[str, list[str]]], extra: list[str]) -> list[str]:

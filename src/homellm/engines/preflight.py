@@ -6,9 +6,9 @@ import dataclasses
 import re
 import subprocess
 
-from homellm.engines.base import LaunchSpec
+from homellm.engines.base import LaunchSpec, false_refusal
 from homellm.engines.registry import adapter_for
-from homellm.errors import EngineError
+from homellm.errors import ConfigError, EngineError
 
 _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w.-]*)")
 _help_cache: dict[tuple[str, ...], frozenset[str]] = {}
@@ -36,18 +36,29 @@ def accepted_flags(help_argv: list[str], timeout_s: float = 180.0) -> frozenset[
 
 
 def preflight(spec: LaunchSpec) -> LaunchSpec:
-    """The spec with unsupported optional flags dropped; EngineError on any other unknown flag."""
+    """The spec with unsupported optional flags dropped. A flag the stack file's engine_args
+    asked for and the engine lacks is a ConfigError at that entry's FILE:LINE; one homellm
+    adds itself is an EngineError (the engine is older or newer than the documented one)."""
     if spec.remote:
         return spec
     adapter = adapter_for(spec.engine)
     flags = accepted_flags(adapter.help_argv(spec))
     unknown = [f for f in adapter.flags_to_check(spec) if f not in flags]
     refused = [f for f in unknown if f not in spec.optional_flags]
+    checked = f"checked with '{' '.join(adapter.help_argv(spec)[-3:])}'"
+    asked = [f for f in refused if f in spec.arg_origins]
+    if asked:
+        flag, origin = asked[0], spec.arg_origins[asked[0]]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        if origin.value is False:
+            raise ConfigError(false_refusal(f"the installed {spec.engine}", origin.where, flag)
+                              + f" ({checked}){more}")
+        raise ConfigError(f"{origin.where}: the installed {spec.engine} does not accept {flag} "
+                          f"({checked}); remove it or correct its name{more}")
     if refused:
         raise EngineError(
             f"{spec.replica}: the installed {spec.engine} does not accept {', '.join(refused)} "
-            f"(checked with '{' '.join(adapter.help_argv(spec)[-3:])}'); fix engine_args in the "
-            "stack file or upgrade the engine"
+            f"({checked}); homellm emits the flags of {adapter.documented_version}"
         )
     if not unknown:
         return spec

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
-from homellm.config import StackConfig
-from homellm.engines.base import EngineAdapter, LaunchSpec
+from homellm.config import ModelConfig, StackConfig, StackWarning
+from homellm.engines.base import (
+    ArgOrigin,
+    EngineAdapter,
+    LaunchSpec,
+    engine_flag,
+    false_refusal,
+)
 from homellm.engines.sglang import SglangAdapter
 from homellm.engines.transformers import TransformersAdapter
 from homellm.engines.vllm import VllmAdapter
@@ -68,5 +75,40 @@ def resolve_stack(stack: StackConfig) -> list[LaunchSpec]:
                 continue
             port = replica.port or _next_free_port(replica.host, FIRST_ENGINE_PORT, taken)
             taken.add(port)
-            specs.append(adapter_for(model.engine).launch(name, model, replica, index, port))
+            adapter = adapter_for(model.engine)
+            origins = engine_arg_origins(stack, name, index, model, adapter)
+            spec = adapter.launch(name, model, replica, index, port)
+            specs.append(dataclasses.replace(spec, arg_origins=origins))
     return specs
+
+
+def engine_arg_origins(stack: StackConfig, name: str, index: int, model: ModelConfig,
+                       adapter: EngineAdapter) -> dict[str, ArgOrigin]:
+    """The flag each engine_args entry of replica ``index`` becomes → where the file sets it;
+    ConfigError at that FILE:LINE for ``false`` where the engine's parser has no negative."""
+    replica = stack.models[name].replicas[index]
+    path = ("models", name) if replica.engine_args is None else ("models", name, "replicas", index)
+    origins: dict[str, ArgOrigin] = {}
+    for key, value in model.engine_args.items():
+        where = stack.where(*path, "engine_args", key)
+        flag = adapter.arg_flag(key, value)
+        if flag is None:
+            negative = "--no-" + engine_flag(key).removeprefix("--")
+            raise ConfigError(false_refusal(adapter.name, where, negative))
+        origins[flag] = ArgOrigin(where, value)
+    return origins
+
+
+def stack_warnings(stack: StackConfig) -> list[StackWarning]:
+    """What a valid stack file asks for that its engines will not do (printed, exit 0)."""
+    found: dict[str, StackWarning] = {}
+    for name, stacked in stack.models.items():
+        for replica in stacked.replicas:
+            if replica.url:
+                continue
+            model = stacked.for_replica(replica)
+            for field, message in adapter_for(model.engine).config_warnings(model):
+                file, line, where = stack.locate("models", name, field)
+                warning = StackWarning(file, line, where, message)
+                found.setdefault(str(warning), warning)
+    return list(found.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from homellm.config import ModelConfig, ReplicaConfig
-from homellm.engines.base import LaunchSpec, ServedModelAdapter
+from homellm.engines.base import FalseFlags, LaunchSpec, ServedModelAdapter
 
 
 class SglangAdapter(ServedModelAdapter):
@@ -16,6 +16,16 @@ class SglangAdapter(ServedModelAdapter):
     pipeline_parallel_arg = "pp_size"
     config_override_arg = "json_model_override_args"
     context_flag = "--context-length"
+    # srt/arg_groups/arg_utils.py turns a bool field into store_true (no negative); only the
+    # fields under srt/arg_groups/fields/ that declare argparse.BooleanOptionalAction have --no-x
+    false_flags = FalseFlags(all_negatable=False, negatives=frozenset({
+        "--no-dcp-replicate-q-proj", "--no-dllm-fdfo", "--no-enable-decoder-swa-bounded-replay",
+        "--no-enable-dsa-fused-indexer", "--no-enable-fused-qk-norm-rope",
+        "--no-enable-tf32-matmul", "--no-enable-tp-lm-head-all-to-all",
+        "--no-experts-shared-outer-loras", "--no-lora-strict-loading",
+        "--no-mm-enable-dp-encoder", "--no-ple-offload-embedding",
+        "--no-speculative-enable-w4a4-mxfp4-megamoe",
+    }))
 
     def _cli(self) -> list[str]:
         return [sys.executable, "-m", "sglang.launch_server"]

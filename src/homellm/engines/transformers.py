@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 
 from homellm.config import ModelConfig, ReplicaConfig, is_hub_id
-from homellm.engines.base import EngineAdapter, LaunchSpec, render_engine_args
+from homellm.engines.base import EngineAdapter, FalseFlags, LaunchSpec
 
 
 class TransformersAdapter(EngineAdapter):
     name = "transformers"
     # flags checked against `transformers serve --help` of this release (see docs/engines.md)
     documented_version = "transformers 5.23.0"
+    # cli/serve.py declares its options with typer, which makes every bool option --x/--no-x
+    false_flags = FalseFlags(all_negatable=True)
 
     def _cli(self) -> list[str]:
         # the module form finds the transformers installed beside homellm, with no PATH lookup
@@ -37,7 +39,7 @@ class TransformersAdapter(EngineAdapter):
             # on CPU its sampler ignores temperature=0 and stop strings (docs/engines.md)
             argv.append("--continuous-batching")
             optional.append("--continuous-batching")
-        argv += render_engine_args(model.engine_args)
+        argv += self.render_engine_args(model.engine_args)
         env = self.cuda_env(gpus)
         if not is_hub_id(model.source):
             env["HF_HUB_OFFLINE"] = "1"
@@ -51,4 +53,14 @@ class TransformersAdapter(EngineAdapter):
 
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         return [*self._cli(), "serve", "--help"]
+
+    def config_warnings(self, model: ModelConfig) -> list[tuple[str, str]]:
+        if model.max_context is None:
+            return []
+        # `transformers serve --help` (5.23.0) has no context-length option; the model runs
+        # with whatever length a request brings
+        return [("max_context", f"transformers serve has no context-length limit, so "
+                 f"{model.max_context} is not enforced: longer requests still reach the model; "
+                 "use vllm, sglang or llamacpp to enforce it, or remove max_context")]
+
 

@@ -6,7 +6,7 @@ import shutil
 import sys
 
 from homellm.config import ModelConfig, ReplicaConfig
-from homellm.engines.base import LaunchSpec, ServedModelAdapter
+from homellm.engines.base import FalseFlags, LaunchSpec, ServedModelAdapter
 
 
 class VllmAdapter(ServedModelAdapter):
@@ -18,6 +18,19 @@ class VllmAdapter(ServedModelAdapter):
     pipeline_parallel_arg = "pipeline_parallel_size"
     config_override_arg = "hf_overrides"
     context_flag = "--max-model-len"
+    # vllm/engine/arg_utils.py: boolean fields become argparse BooleanOptionalAction, which
+    # vllm/utils/argparse_utils.py (EnableDisableAction) spells --enable-x/--disable-x (its
+    # --help lists those; --no-enable-x is still parsed, hidden); plain store_true flags with no
+    # negative: arg_utils.py (--data-parallel-multi-port-external-lb, --disable-log-stats,
+    # --aggregate-engine-logging), entrypoints/common/cli_args.py (--headless, --grpc), and
+    # --hf-token (bool | str: a bare flag or a value)
+    false_flags = FalseFlags(
+        all_negatable=True,
+        store_true=frozenset({"--headless", "--grpc", "--data-parallel-multi-port-external-lb",
+                              "--disable-log-stats", "--aggregate-engine-logging",
+                              "--hf-token"}),
+        inverse_prefixes=(("--enable-", "--disable-"), ("--disable-", "--enable-")),
+    )
 
     def _cli(self) -> list[str]:
         exe = shutil.which("vllm")
