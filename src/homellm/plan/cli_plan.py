@@ -45,7 +45,13 @@ def serve(
     context: Annotated[int | None, Opt(help="longest request, tokens (default: the model's)")]
     = None,
     concurrency: Annotated[int, Opt(help="requests in flight")] = 1,
-    dtype: Annotated[str, Opt(help="bfloat16, float16, fp8")] = "bfloat16",
+    dtype: Annotated[str, Opt(help="bfloat16, float16, or fp8 (weights quantized to FP8 while "
+                                   "loading: vLLM --quantization fp8_per_tensor)")] = "bfloat16",
+    kv_cache_dtype: Annotated[str, Opt(help="auto (the model dtype) or fp8 (half the KV "
+                                            "bytes: vLLM --kv-cache-dtype fp8)")] = "auto",
+    prefer: Annotated[str, Opt(help="what the recommendation weighs first: balanced, "
+                                    "availability (survive a GPU failure), capacity")]
+    = "balanced",
     prompt: Annotated[int, Opt(help="prompt tokens for prefill and TTFT")] = 2048,
     gpu_memory_utilization: Annotated[float, Opt(help="vLLM's budget fraction")] = 0.9,
     write: Annotated[Path | None, Opt(help="write a stack file for the recommended layout")]
@@ -59,7 +65,7 @@ def serve(
     """Memory, layouts (replicas, TP, PP), speed and vLLM flags for serving MODEL."""
     from homellm.plan.inputs import resolve_gpus, resolve_plan_model
     from homellm.plan.render import render_notes, render_sections
-    from homellm.plan.serve import plan_serve
+    from homellm.plan.serve import NothingFitsError, plan_serve
     from homellm.plan.stackfile import write_stack
 
     console = Console(stderr=json_output)
@@ -69,34 +75,28 @@ def serve(
         factors, cited = _efficiency(devices, "vllm", "serve")
         plan = plan_serve(spec, devices, context=context, concurrency=concurrency, dtype=dtype,
                           gpu_memory_utilization=gpu_memory_utilization, efficiency=factors,
-                          prompt=prompt)
+                          prompt=prompt, kv_cache_dtype=kv_cache_dtype, prefer=prefer)
         if write is not None and plan.fits:
             write_stack(write, plan, source=model,
                         mode="active-standby" if standby else "active-active")
     except HomellmError as exc:
         raise fail(console, exc) from None
+    nothing_fits = NothingFitsError(
+        f"nothing fits: no layout of {spec.name} on {', '.join(g.key for g in devices)} holds "
+        "its weights and one request of the asked context"
+        + (f"; {write} not written" if write is not None else ""))
     if json_output:
         print(json.dumps({**plan.to_json(), "calibration": cited}, indent=1))
+        if not plan.fits:
+            raise fail(console, nothing_fits)
         return
-    table = Table(title=f"{spec.name} on {', '.join(g.key for g in devices)}: layouts",
-                  title_justify="left")
-    for column in ("layout", "fits", "KV tokens", "max ctx", f"reqs @{plan_ctx(plan)}",
-                   "tok/s ×1", f"tok/s ×{concurrency}", "TTFT ms"):
-        table.add_column(column, justify="right" if column != "layout" else "left")
-    short = {"replicas": f"{len(devices)} replicas", "tp": "TP=2", "pp": "PP=2"}
-    for key, layout in plan.layouts.items():
-        mark = " [green]★[/]" if key == plan.recommended else ""
-        m = layout.memory
-        table.add_row(short.get(key, layout.label) + mark, "yes" if layout.fits else "[red]no[/]",
-                      f"{layout.kv_tokens_total:,}" if layout.fits else "—",
-                      f"{m.max_context:,}" if layout.fits else "—",
-                      f"{m.concurrent_at_context:,.1f}" if layout.fits else "—",
-                      f"{layout.decode_b1.tokens_per_s:,.0f}" if layout.fits else "—",
-                      f"{layout.total_tokens_per_s:,.0f}" if layout.fits else "—",
-                      f"{layout.prefill['ttft'].value:,.0f}" if layout.fits else "—")
-    console.print(table)
-    console.print("★ recommended. tok/s: decode tokens/s of the whole layout with 1 stream and "
-                  f"with {concurrency}; TTFT for a {prompt:,}-token prompt.", style="dim")
+    console.print(layouts_table(plan, f"{spec.name} on {', '.join(g.key for g in devices)}: "
+                                      "layouts"))
+    console.print("★ recommended. reqs: requests of the asked context held at once by the whole "
+                  "layout; tok/s: decode tokens/s of the whole layout with 1 stream"
+                  + (f" and with {concurrency}" if concurrency > 1 else "")
+                  + f"; TTFT for a {prompt:,}-token prompt; after a GPU loss: what "
+                  "the layout still holds and decodes with one GPU failed.", style="dim")
     console.print(f"[bold]recommendation:[/] {escape(plan.reason)}", highlight=False)
     chosen = plan.chosen
     if chosen is not None:
@@ -112,9 +112,36 @@ def serve(
                 console.print(f"[red]{escape(layout.label)}:[/] {escape(layout.memory.error)}",
                               highlight=False)
     render_notes(plan.notes + cited, console)
+    if not plan.fits:
+        raise fail(console, nothing_fits)
     if write is not None:
-        console.print(f"wrote {write}" if plan.fits else f"[red]nothing fits: {write} not "
-                      "written[/]", highlight=False)
+        console.print(f"wrote {write}", highlight=False)
+
+
+def layouts_table(plan: Any, title: str) -> Table:
+    """One row per layout: memory, speed, and what survives one GPU failure."""
+    table = Table(title=title, title_justify="left")
+    speeds = ["tok/s ×1"] + ([f"tok/s ×{plan.concurrency}"] if plan.concurrency > 1 else [])
+    for column in ("layout", "fits", "KV tokens", "max ctx", f"reqs @{plan_ctx(plan)}",
+                   *speeds, "TTFT ms", "survives GPU loss", "reqs after loss",
+                   "tok/s after loss"):
+        table.add_column(column, justify="right" if column != "layout" else "left")
+    n = len(plan.gpus)
+    short = {"replicas": f"{n} replica{'s' if n > 1 else ''}", "tp": f"TP={n}", "pp": f"PP={n}"}
+    for key, layout in plan.layouts.items():
+        mark = " [green]★[/]" if key == plan.recommended else ""
+        after = layout.availability
+        cells = [f"{layout.kv_tokens_total:,}", f"{layout.memory.max_context:,}",
+                 f"{layout.requests_at_context:,.1f}", f"{layout.decode_b1.tokens_per_s:,.0f}"]
+        if plan.concurrency > 1:
+            cells.append(f"{layout.total_tokens_per_s:,.0f}")
+        cells += [f"{layout.prefill['ttft'].value:,.0f}",
+                  "yes" if after.survives else "[red]no[/]",
+                  f"{after.requests_held:,.1f}", f"{after.tokens_per_s:,.0f}"]
+        table.add_row(short.get(key, layout.label) + mark,
+                      "yes" if layout.fits else "[red]no[/]",
+                      *(cells if layout.fits else ["—"] * len(cells)))
+    return table
 
 
 def plan_ctx(plan: Any) -> str:

@@ -12,15 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from homellm.errors import ConfigError
+from homellm.errors import ConfigError, HomellmError
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure
-from homellm.plan.serve_layouts import Layout, build_layout, recommend
-from homellm.plan.serve_memory import dtype_bytes
+from homellm.plan.serve_choice import check_prefer, recommend
+from homellm.plan.serve_layouts import Layout, build_layout
+from homellm.plan.serve_memory import precision
 from homellm.plan.serve_speed import efficiency_defaults
 
 DEFAULT_PROMPT = 2048  # prompt length for TTFT/prefill and decode context when none is asked
+
+
+class NothingFitsError(HomellmError):
+    """No layout of the model fits the GPUs (exit 1: the plan ran, the answer is no)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class ServePlan:
     reason: str
     efficiency: dict[str, float]   # the factors used (defaults merged with overrides)
     notes: list[str] = field(default_factory=list)
+    kv_cache_dtype: str = "auto"   # "auto" (the model dtype) or "fp8"
+    prefer: str = "balanced"       # what the recommendation weighs first (serve_choice.py)
 
     @property
     def fits(self) -> bool:
@@ -53,8 +60,11 @@ class ServePlan:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model.name, "gpus": [g.key for g in self.gpus],
                 "engine": self.engine, "dtype": self.dtype, "context": self.context,
+                "kv_cache_dtype": self.kv_cache_dtype,
+                "quantization": precision(self.dtype, self.kv_cache_dtype).quantization,
                 "concurrency": self.concurrency,
                 "gpu_memory_utilization": self.gpu_memory_utilization,
+                "prefer": self.prefer,
                 "recommended": self.recommended, "reason": self.reason,
                 "efficiency": self.efficiency, "notes": self.notes,
                 "layouts": {k: v.to_json() for k, v in self.layouts.items()}}
@@ -63,7 +73,8 @@ class ServePlan:
 def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
                concurrency: int, dtype: str, engine: str = "vllm",
                gpu_memory_utilization: float = 0.9, efficiency: dict | None = None,
-               prompt: int = DEFAULT_PROMPT) -> ServePlan:
+               prompt: int = DEFAULT_PROMPT, kv_cache_dtype: str = "auto",
+               prefer: str = "balanced") -> ServePlan:
     """Plan ``model`` on ``gpus`` for ``concurrency`` requests of up to ``context`` tokens."""
     if not gpus:
         raise ConfigError("--gpus: name at least one GPU (for example 2xrtx-pro-6000)")
@@ -77,7 +88,8 @@ def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
     if not 0 < gpu_memory_utilization <= 1:
         raise ConfigError("--gpu-memory-utilization: expected a fraction in (0, 1], got "
                           f"{gpu_memory_utilization}")
-    dtype_bytes(dtype)
+    prec = precision(dtype, kv_cache_dtype)
+    check_prefer(prefer)
     known = efficiency_defaults()
     unknown = sorted(set(efficiency or {}) - set(known))
     if unknown:
@@ -93,13 +105,25 @@ def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
     layouts = {k: build_layout(k, model, gpus, context=context, concurrency=concurrency,
                                prompt=prompt, dtype=dtype,
                                gpu_memory_utilization=gpu_memory_utilization,
-                               efficiency=eff) for k in kinds}
+                               efficiency=eff, kv_cache_dtype=kv_cache_dtype)
+              for k in kinds}
     nvlink = all(g.nvlink_gbs for g in gpus)
-    chosen, reason = recommend(layouts, model, concurrency, nvlink)
+    chosen, reason = recommend(layouts, model, concurrency, nvlink, prefer)
+    if prec.quantization:
+        notes.append(f"--dtype fp8: vLLM quantizes the bf16 weights to FP8 while loading them "
+                     f"(--quantization {prec.quantization}, per-tensor scales; activations "
+                     "stay bfloat16); answers differ slightly from bf16, so measure quality "
+                     "before relying on it")
+        for g in {g.key: g for g in gpus}.values():
+            if not g.fp8_tflops:
+                notes.append(f"{g.name}: no FP8 tensor cores known: vLLM runs FP8 weights "
+                             "through Marlin (W8A16, compute capability 7.5-8.8): weights "
+                             "take 1 byte, the math runs at the BF16 peak")
     if len(gpus) > 2:
         notes.append("more than 2 PCIe GPUs: vLLM disables its custom all-reduce, TP uses "
                      "NCCL (custom_all_reduce.py)")
     return ServePlan(model=model, gpus=list(gpus), engine=engine, dtype=dtype,
                      context=context, concurrency=concurrency,
                      gpu_memory_utilization=gpu_memory_utilization, layouts=layouts,
-                     recommended=chosen, reason=reason, efficiency=eff, notes=notes)
+                     recommended=chosen, reason=reason, efficiency=eff, notes=notes,
+                     kv_cache_dtype=kv_cache_dtype, prefer=prefer)

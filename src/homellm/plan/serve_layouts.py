@@ -1,10 +1,6 @@
 """Layouts of one model over the GPUs: replicas (one per GPU), tensor parallel, pipeline
-parallel; the one to use and why; the vLLM flags for it.
-
-Rule (plan-facts §7): fits on one card with room for the requests → replicas (two primaries,
-or primary + backup); does not fit, or KV-starved → TP over all cards; PP is the throughput
-alternative when the cards have no NVLink (vLLM docs: PP when "GPUs lack NVLink"); no expert
-parallel over PCIe (4× PRO 6000 measured 1.4-2.6 tok/s with EP).
+parallel; what each holds, how fast, what is left when a GPU fails; the vLLM flags for it.
+Which one to use, and why: :mod:`homellm.plan.serve_choice`.
 """
 
 from __future__ import annotations
@@ -15,12 +11,13 @@ from typing import Any
 from homellm.hardware import GPUSpec
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure
-from homellm.plan.serve_memory import MemoryPlan, plan_memory
+from homellm.plan.serve_availability import Availability, after_one_failure
+from homellm.plan.serve_memory import MemoryPlan, plan_memory, precision
 from homellm.plan.serve_speed import DecodeSpeed, decode_speed, prefill_figures
 
 # flags of ``vllm serve`` 0.33.0 this module emits (engine/arg_utils.py; docs/engines.md)
 VLLM_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--max-model-len",
-              "--gpu-memory-utilization", "--dtype")
+              "--gpu-memory-utilization", "--dtype", "--quantization", "--kv-cache-dtype")
 
 
 @dataclass(frozen=True)
@@ -35,6 +32,8 @@ class Layout:
     decode_b1: DecodeSpeed
     decode_at: DecodeSpeed       # the asked concurrency, spread over the replicas
     prefill: dict[str, Figure]
+    availability: Availability   # what is left after one GPU fails
+    concurrency: int             # requests in flight over the whole layout
     context: int                 # --max-model-len the flags use
     flags: list[str]
     notes: list[str] = field(default_factory=list)
@@ -45,17 +44,23 @@ class Layout:
 
     @property
     def total_tokens_per_s(self) -> float:
-        """Decode tokens/s of the whole layout at the asked concurrency."""
-        return self.decode_at.tokens_per_s * self.replicas
+        """Decode tokens/s of the whole layout at the asked concurrency: every request at the
+        pace of the busiest replica (exact when the replicas split the requests evenly)."""
+        return self.decode_at.figures["per_request"].value * self.concurrency
 
     @property
     def kv_tokens_total(self) -> int:
         return self.memory.kv_tokens * self.replicas
 
+    @property
+    def requests_at_context(self) -> float:
+        """Requests of the asked context the whole layout holds at once."""
+        return self.memory.concurrent_at_context * self.replicas
+
     def figures(self) -> list[Figure]:
         out = list(self.memory.figures.values())
         out += list(self.decode_b1.figures.values()) + list(self.decode_at.figures.values())
-        return out + list(self.prefill.values())
+        return out + list(self.prefill.values()) + self.availability.all_figures()
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "label": self.label, "tp": self.tp, "pp": self.pp,
@@ -64,6 +69,11 @@ class Layout:
                 "kv_tokens_per_replica": self.memory.kv_tokens,
                 "max_context": self.memory.max_context,
                 "concurrent_at_context": self.memory.concurrent_at_context,
+                "requests_at_context": self.requests_at_context,
+                "survives_gpu_failure": self.availability.survives,
+                "replicas_after_failure": self.availability.replicas_left,
+                "requests_after_failure": self.availability.requests_held,
+                "decode_tok_s_after_failure": self.availability.tokens_per_s,
                 "decode_tok_s_batch1": self.decode_b1.tokens_per_s,
                 "decode_tok_s_total": self.total_tokens_per_s,
                 "ttft_ms": self.prefill["ttft"].value, "flags": self.flags,
@@ -72,8 +82,9 @@ class Layout:
 
 
 def vllm_flags(*, tp: int, pp: int, context: int, dtype: str,
-               gpu_memory_utilization: float) -> list[str]:
+               gpu_memory_utilization: float, kv_cache_dtype: str = "auto") -> list[str]:
     """The ``vllm serve`` flags for one replica (only flags in vLLM 0.33.0)."""
+    prec = precision(dtype, kv_cache_dtype)
     flags: list[str] = []
     if tp > 1:
         flags += ["--tensor-parallel-size", str(tp)]
@@ -81,14 +92,18 @@ def vllm_flags(*, tp: int, pp: int, context: int, dtype: str,
         flags += ["--pipeline-parallel-size", str(pp)]
     flags += ["--max-model-len", str(context),
               "--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
-    if dtype != "auto":
-        flags += ["--dtype", dtype]
+    if prec.engine_dtype != "auto":
+        flags += ["--dtype", prec.engine_dtype]
+    if prec.quantization:
+        flags += ["--quantization", prec.quantization]
+    if kv_cache_dtype != "auto":
+        flags += ["--kv-cache-dtype", kv_cache_dtype]
     return flags
 
 
 def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
                  concurrency: int, prompt: int, dtype: str, gpu_memory_utilization: float,
-                 efficiency: dict[str, float] | None) -> Layout:
+                 efficiency: dict[str, float] | None, kv_cache_dtype: str = "auto") -> Layout:
     n = len(gpus)
     gpu = min(gpus, key=lambda g: g.memory_gib)   # the smallest card bounds every rank
     tp, pp, replicas = {"replicas": (1, 1, n), "tp": (n, 1, 1), "pp": (1, n, 1)}[kind]
@@ -97,17 +112,25 @@ def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: i
     groups = [[i] for i in range(n)] if kind == "replicas" else [list(range(n))]
     key = f"serve.{kind}"
     mem = plan_memory(model, gpu, tp=tp, pp=pp, context=context, dtype=dtype,
-                      gpu_memory_utilization=gpu_memory_utilization, efficiency=efficiency)
+                      gpu_memory_utilization=gpu_memory_utilization, efficiency=efficiency,
+                      kv_cache_dtype=kv_cache_dtype)
     # the flags carry a context that fits: the one asked, or the longest that fits
     ctx = mem.context if mem.fits or mem.max_context <= 0 else min(mem.context,
                                                                     mem.max_context)
     per_replica = max(1, -(-concurrency // replicas))
     b1 = decode_speed(model, gpu, batch=1, context=min(ctx, prompt), tp=tp, pp=pp,
-                      dtype=dtype, efficiency=efficiency, key=f"{key}.decode_b1")
+                      dtype=dtype, efficiency=efficiency, key=f"{key}.decode_b1",
+                      kv_cache_dtype=kv_cache_dtype)
     at = decode_speed(model, gpu, batch=per_replica, context=min(ctx, prompt), tp=tp, pp=pp,
-                      dtype=dtype, efficiency=efficiency, key=f"{key}.decode_c{per_replica}")
+                      dtype=dtype, efficiency=efficiency, key=f"{key}.decode_c{per_replica}",
+                      kv_cache_dtype=kv_cache_dtype)
     pre = prefill_figures(model, gpu, prompt=min(prompt, ctx), tp=tp, pp=pp, dtype=dtype,
-                          efficiency=efficiency, key=f"{key}.prefill")
+                          efficiency=efficiency, key=f"{key}.prefill",
+                          kv_cache_dtype=kv_cache_dtype)
+    avail = after_one_failure(model, gpu, replicas=replicas, memory=mem,
+                              concurrency=concurrency, decode_context=min(ctx, prompt), tp=tp,
+                              pp=pp, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+                              efficiency=efficiency, key=f"{key}.after_failure")
     notes = list(mem.notes)
     if len({(g.key, g.memory_gib) for g in gpus}) > 1:
         notes.append(f"mixed GPUs: every rank is planned as the smallest ({gpu.name})")
@@ -123,46 +146,9 @@ def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: i
         notes.append(f"fits with --max-model-len {mem.max_context} (KV cache holds "
                      f"{mem.kv_tokens:,} tokens)")
     flags = vllm_flags(tp=tp, pp=pp, context=ctx, dtype=dtype,
-                       gpu_memory_utilization=gpu_memory_utilization)
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       kv_cache_dtype=kv_cache_dtype)
     return Layout(kind=kind, label=label, tp=tp, pp=pp, replicas=replicas,
                   gpus_per_replica=groups, memory=mem, decode_b1=b1, decode_at=at,
-                  prefill=pre, context=ctx, flags=flags, notes=notes)
-
-
-def kv_starved(layout: Layout, concurrency: int) -> bool:
-    """The replicas cannot hold their share of the requests at the asked context."""
-    per_replica = max(1, -(-concurrency // layout.replicas))
-    return layout.memory.concurrent_at_context < per_replica
-
-
-def recommend(layouts: dict[str, Layout], model: ModelSpec, concurrency: int,
-              nvlink: bool) -> tuple[str | None, str]:
-    """The layout to use and the reason, by the rule in the module docstring."""
-    reps, tp, pp = layouts.get("replicas"), layouts.get("tp"), layouts.get("pp")
-    ep = (" Expert parallel is not offered: over PCIe it measured 1.4-2.6 tok/s "
-          "(plan-facts §7).") if model.is_moe and not nvlink else ""
-    if reps is not None and reps.fits and (reps.replicas == 1 or tp is None
-                                           or not kv_starved(reps, concurrency)):
-        why = ("it fits on one GPU with room for "
-               f"{reps.memory.concurrent_at_context:.1f} requests of {reps.context:,} tokens "
-               "each, so each GPU serves on its own: no all-reduce per layer, and one GPU "
-               "failing leaves the other serving")
-        return "replicas", why[0].upper() + why[1:] + "." + ep
-    if tp is not None and tp.fits:
-        if reps is not None and reps.fits:
-            why = (f"one GPU holds only {reps.memory.concurrent_at_context:.1f} requests of "
-                   f"{reps.context:,} tokens (KV-starved for {concurrency} concurrent); TP "
-                   f"pools both cards' KV cache ({tp.memory.kv_tokens:,} tokens)")
-        else:
-            why = (f"it does not fit on one GPU ({reps.memory.error.split('. ')[0]})"
-                   if reps is not None else "it needs more than one GPU")
-            why += f"; TP={tp.tp} splits weights and KV heads over the cards"
-        if pp is not None and pp.fits and not nvlink:
-            why += (f"; PP={pp.pp} is the alternative without NVLink (no all-reduce per "
-                    f"layer): {pp.total_tokens_per_s:,.0f} vs {tp.total_tokens_per_s:,.0f} "
-                    f"tok/s for TP at {concurrency} concurrent")
-        return "tp", why[0].upper() + why[1:] + "." + ep
-    if pp is not None and pp.fits:
-        return "pp", "Only pipeline parallel fits." + ep
-    return None, "No layout fits these GPUs: " + "; ".join(
-        f"{layout.label}: {layout.memory.error}" for layout in layouts.values()) + ep
+                  prefill=pre, availability=avail, concurrency=concurrency, context=ctx,
+                  flags=flags, notes=notes)

@@ -20,10 +20,13 @@ from homellm.config import parse_stack
 from homellm.errors import ConfigError
 from homellm.fsutil import atomic_write_text
 from homellm.plan.serve import ServePlan
+from homellm.plan.serve_memory import precision
 
 ReplicaMode = Literal["active-active", "active-standby"]
 _STACK_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "half": "float16",
                  "float32": "float32", "float": "float32", "auto": "auto"}
+# --dtype fp8 is bfloat16 activations with FP8 weights: `dtype` gets the engine's --dtype and
+# engine_args the --quantization (and --kv-cache-dtype) flags, as in plan serve's flags
 
 
 def model_key(name: str) -> str:
@@ -45,6 +48,11 @@ def stack_data(plan: ServePlan, *, source: str, layout: str | None = None,
     if not chosen.fits and chosen.memory.max_context <= 0:
         raise ConfigError(f"--write: {chosen.label} does not fit: {chosen.memory.error}")
     engine_args: dict[str, Any] = {"gpu_memory_utilization": plan.gpu_memory_utilization}
+    prec = precision(plan.dtype, plan.kv_cache_dtype)
+    if prec.quantization:
+        engine_args["quantization"] = prec.quantization
+    if plan.kv_cache_dtype != "auto":
+        engine_args["kv_cache_dtype"] = plan.kv_cache_dtype
     if kind == "replicas":
         roles = ["primary"] * len(chosen.gpus_per_replica)
         if mode == "active-standby":
@@ -56,7 +64,7 @@ def stack_data(plan: ServePlan, *, source: str, layout: str | None = None,
         if kind == "pp":
             engine_args.update(pipeline_parallel_size=chosen.pp)
     model: dict[str, Any] = {"source": source, "engine": "vllm",
-                             "dtype": _STACK_DTYPES.get(plan.dtype, "auto"),
+                             "dtype": _STACK_DTYPES.get(prec.engine_dtype, "auto"),
                              "max_context": chosen.context, "engine_args": engine_args,
                              "replicas": replicas}
     return {"models": {name or model_key(source): model}, "gateway": {"listen": listen}}
