@@ -81,7 +81,8 @@ def _bind(config: GatewayConfig) -> socket.socket:
 
 def backends_of(specs: list[LaunchSpec]) -> list[BackendInfo]:
     return [BackendInfo(model=s.model, name=s.replica, role=s.role, base_url=s.base_url,
-                        health_url=s.health_url, upstream_model=s.upstream_model) for s in specs]
+                        health_url=s.health_url, upstream_model=s.upstream_model,
+                        routes=s.routes) for s in specs]
 
 
 @contextlib.asynccontextmanager
@@ -201,6 +202,14 @@ async def wait_for_signal() -> int:
             loop.remove_signal_handler(sig)
 
 
+# How `up` ends on a signal, the same while engines start and once it serves (README,
+# docs/architecture.md). SIGTERM is how service managers ask a service to stop (systemd's
+# `systemctl stop`, `docker stop`, Kubernetes): a clean stop, exit 0, needing no
+# SuccessExitStatus=. SIGINT is a person pressing Ctrl-C: 130 (128 + SIGINT), as shells report
+# an interrupted command and as `homellm train` exits, so `homellm up && next` goes no further.
+STOP_EXIT_CODES: dict[signal.Signals, int] = {signal.SIGTERM: 0, signal.SIGINT: 130}
+
+
 class StopSignals:
     """SIGINT and SIGTERM handled from before the first engine starts to the end of ``up``.
 
@@ -266,7 +275,8 @@ async def serve_stack(stack: StackConfig, run_dir: Path, console: Console,
         console.print(f"{time.strftime('%H:%M:%S')} {replica}: {event} {detail}")
 
     try:
-        # a signal once the gateway answers is a normal stop, not one "while starting"
+        # a signal once the gateway answers stops a serving stack, not one "while starting"
+        # (the message differs; the exit code does not: STOP_EXIT_CODES)
         async with running_stack(stack, run_dir, on_event, console.print,
                                  on_serving=stop.mark_serving) as running:
             stop.serving = True
@@ -283,10 +293,9 @@ async def serve_stack(stack: StackConfig, run_dir: Path, console: Console,
         task.uncancel()  # our own signal: a requested stop, and everything is stopped
         name = signal.Signals(stop.received.result()).name
         console.print(f"{name} while starting: engines stopped")
-        return 130 if stop.received.result() == signal.SIGINT else 0
     finally:
         stop.close()
-    return 0
+    return STOP_EXIT_CODES[signal.Signals(stop.received.result())]
 
 
 def run_loop(coro_factory: Callable[[], object]) -> object:

@@ -9,6 +9,10 @@ from homellm.config import ModelConfig, ReplicaConfig
 from homellm.engines.rope import rope_extension, with_config_overrides
 from homellm.errors import ConfigError
 
+#: the OpenAI routes an engine serves unless its adapter names fewer (the gateway forwards and
+#: advertises only the routes a model's engines serve)
+OPENAI_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -26,6 +30,7 @@ class LaunchSpec:
     gpus: list[int] = field(default_factory=list)
     # flags dropped, not refused, when the installed engine lacks them (nice-to-have features)
     optional_flags: tuple[str, ...] = ()
+    routes: tuple[str, ...] = OPENAI_ROUTES  # the OpenAI routes this engine serves
     # flag → the stack file's engine_args entry it came from, so a flag the installed engine
     # refuses is reported at FILE:LINE of that entry (filled by registry.resolve_stack)
     arg_origins: dict[str, ArgOrigin] = field(default_factory=dict)
@@ -41,7 +46,6 @@ class ArgOrigin:
 
     where: str
     value: str | int | float | bool | None
-
 
 
 def engine_flag(name: str) -> str:

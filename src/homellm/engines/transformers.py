@@ -7,6 +7,9 @@ import sys
 from homellm.config import ModelConfig, ReplicaConfig, is_hub_id
 from homellm.engines.base import EngineAdapter, FalseFlags, LaunchSpec
 
+# `transformers serve` (cli/serving/server.py) has chat and completions, and no /v1/embeddings
+ROUTES = ("/v1/chat/completions", "/v1/completions")
+
 
 class TransformersAdapter(EngineAdapter):
     name = "transformers"
@@ -48,7 +51,7 @@ class TransformersAdapter(EngineAdapter):
             model=model_name, replica=f"{model_name}/{index}", role=replica.role, argv=argv,
             env=env, base_url=base, health_url=f"{base}/health",
             upstream_model=model.source,  # a pinned server answers only to its own model id
-            engine=self.name, gpus=list(gpus), optional_flags=tuple(optional),
+            engine=self.name, gpus=list(gpus), optional_flags=tuple(optional), routes=ROUTES,
         )
 
     def help_argv(self, spec: LaunchSpec) -> list[str]:
@@ -62,5 +65,4 @@ class TransformersAdapter(EngineAdapter):
         return [("max_context", f"transformers serve has no context-length limit, so "
                  f"{model.max_context} is not enforced: longer requests still reach the model; "
                  "use vllm, sglang or llamacpp to enforce it, or remove max_context")]
-
 

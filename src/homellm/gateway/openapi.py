@@ -63,7 +63,12 @@ def _body(model_names: list[str], path: str) -> dict[str, Any]:
 def _responses(ok: dict[str, Any], stream: bool) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": ok}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        # OpenAPI 3.1: an event stream's schema describes each event (data: one JSON chunk,
+        # an OpenAI-shaped error if the backend failed mid-stream, or [DONE])
+        content["text/event-stream"] = {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                           "id": {"type": "string"}}}}
     responses: dict[str, Any] = {"200": {"description": "the engine's answer", "content": content}}
     for status, why in _ERRORS.items():
         responses[status] = {"description": why,

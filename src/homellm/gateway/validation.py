@@ -16,6 +16,7 @@ field it carries.
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -140,13 +141,17 @@ class Int(Rule):
 
 
 class Num(Rule):
-    __slots__ = ("exclusive_minimum", "maximum", "minimum")
+    """A number in [minimum, maximum] (or (minimum, maximum]); with ``floor``, the values strictly
+    between ``minimum`` and ``floor`` are refused too (``temperature``: 0 or at least 1e-5)."""
+
+    __slots__ = ("exclusive_minimum", "floor", "maximum", "minimum", "why")
 
     def __init__(self, minimum: float, maximum: float, exclusive_minimum: bool = False,
-                 nullable: bool = True) -> None:
+                 nullable: bool = True, floor: float | None = None, why: str = "") -> None:
         super().__init__(nullable)
         self.minimum, self.maximum = minimum, maximum
         self.exclusive_minimum = exclusive_minimum
+        self.floor, self.why = floor, why
 
     def _accepts_type(self, value: Any) -> bool:
         return type(value) is float or type(value) is int
@@ -160,11 +165,19 @@ class Num(Rule):
             return Violation(param, f"{param} must be a finite number", INVALID_VALUE)
         low = self.minimum
         if value > self.maximum or value < low or (self.exclusive_minimum and value == low):
-            return Violation(param, _bounds_message(param, low, self.maximum,
-                                                    self.exclusive_minimum), INVALID_VALUE)
+            message = _bounds_message(param, low, self.maximum, self.exclusive_minimum)
+            return Violation(param, message + self.why, INVALID_VALUE)
+        floor = self.floor
+        if floor is not None and low < value < floor:
+            return Violation(param, f"{param} must be {_number(low)} or at least "
+                             f"{_number(floor)}{self.why}", INVALID_VALUE)
         return None
 
     def _schema(self) -> dict[str, Any]:
+        if self.floor is not None:
+            return {"anyOf": [{"type": "number", "const": self.minimum},
+                              {"type": "number", "minimum": self.floor,
+                               "maximum": self.maximum}]}
         schema: dict[str, Any] = {"type": "number", "maximum": self.maximum}
         schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
         return schema
@@ -188,13 +201,32 @@ class Bool(Rule):
         return {"type": "boolean"}
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON's ``"\\ud800"``): tokenizers fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 class Str(Rule):
-    __slots__ = ("enum", "min_length")
+    """A string; ``json``: one holding a JSON text (a tool call's ``arguments``)."""
+
+    __slots__ = ("enum", "json", "min_length")
 
     def __init__(self, min_length: int = 0, enum: tuple[str, ...] = (),
-                 nullable: bool = True) -> None:
+                 nullable: bool = True, json: bool = False) -> None:
         super().__init__(nullable)
-        self.min_length, self.enum = min_length, enum
+        self.min_length, self.enum, self.json = min_length, enum, json
 
     def _accepts_type(self, value: Any) -> bool:
         return type(value) is str
@@ -203,6 +235,11 @@ class Str(Rule):
         if type(value) is not str:
             return Violation(param, f"{param} must be a string, not {_kind(value)}",
                              INVALID_TYPE)
+        if not value.isascii() and not _is_unicode(value):
+            return Violation(param, f"{param} is not valid Unicode (it holds a lone UTF-16 "
+                             "surrogate such as \\ud800)", INVALID_VALUE)
+        if self.json and not _is_json(value):
+            return Violation(param, f"{param} must be a JSON text", INVALID_VALUE)
         if self.enum and value not in self.enum:
             allowed = ", ".join(repr(e) for e in self.enum)
             return Violation(param, f"{param} must be one of {allowed}, not {value!r:.60}",
@@ -219,6 +256,8 @@ class Str(Rule):
             schema["enum"] = list(self.enum)
         if self.min_length:
             schema["minLength"] = self.min_length
+        if self.json:
+            schema["contentMediaType"] = "application/json"
         return schema
 
 
@@ -402,7 +441,7 @@ def _content(*parts: tuple[str, Obj], nullable: bool = False) -> Rule:
 
 _TEXT_ONLY = _content(("text", _TEXT_PART))
 _TOOL_CALL = Obj({"id": _text(), "type": Str(enum=("function",), nullable=False),
-                  "function": Obj({"name": _text(), "arguments": _text()},
+                  "function": Obj({"name": _text(), "arguments": Str(json=True, nullable=False)},
                                   required=("name", "arguments"))},
                  required=("id", "type", "function"))
 _NAME = {"name": Str(nullable=False)}
@@ -429,8 +468,8 @@ _TOOL = Obj({"type": Str(enum=("function",), nullable=False),
                              required=("name",))},
             required=("type", "function"))
 
-_STOP = AnyOf("a string or an array of up to 4 strings", Str(nullable=False),
-              Array(Str(nullable=False), max_items=4, nullable=False))
+_STOP = AnyOf("a string or an array of 1 to 4 strings", Str(nullable=False),
+              Array(Str(nullable=False), min_items=1, max_items=4, nullable=False))
 _TOKENS = Array(Int(minimum=0, nullable=False), min_items=1, nullable=False)
 
 
@@ -443,7 +482,9 @@ def _inputs() -> Rule:
 
 _SAMPLING: dict[str, Rule] = {
     "max_tokens": Int(minimum=1),
-    "temperature": Num(0, 2),
+    # 0 is greedy; a positive value below 1e-5 overflows the logits / temperature division
+    # (transformers serve answers 500 to 5e-324; vLLM treats anything below 1e-5 as greedy)
+    "temperature": Num(0, 2, floor=1e-5),
     "top_p": Num(0, 1, exclusive_minimum=True),
     "n": Int(minimum=1, maximum=1),  # one choice per request: transformers serve ignores n
     "stream": Bool(),
@@ -451,7 +492,11 @@ _SAMPLING: dict[str, Rule] = {
     "stop": _STOP,
     "seed": Int(minimum=INT64_MIN, maximum=INT64_MAX),
     "presence_penalty": Num(-2, 2),
-    "frequency_penalty": Num(-2, 2),
+    # OpenAI allows [-2, 2]; transformers serve turns it into repetition_penalty = 1 + value,
+    # which must be positive (it answers 500 to -1 and below)
+    "frequency_penalty": Num(-1, 2, exclusive_minimum=True,
+                             why=" (transformers serve takes it as repetition_penalty = 1 + "
+                                 "frequency_penalty, which must be positive)"),
     "user": Str(nullable=False),
 }
 
