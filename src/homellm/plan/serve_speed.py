@@ -17,6 +17,11 @@ lands on ``moe_b1_eff``: ``t_fixed = bytes_B1/(bw·moe_b1_eff) − bytes_B1/(bw�
 Prefill of ``P`` tokens: ``FLOPs = P · (2·N_active + 4·L·(nq·d)·P/2)`` at ``peak · prefill_mfu``
 (or the weight read, whichever is longer). TTFT = that prefill: its forward samples the
 first token.
+
+``--dtype fp8`` (:func:`homellm.plan.serve_memory.precision`): quantized weights are read at 1
+byte, the LM head at the model dtype's 2; the weight matmuls run at the GPU's dense FP8 peak
+where it has one (:func:`gemm_peak`), attention at the BF16 peak. ``--kv-cache-dtype fp8``
+reads the KV cache at 1 byte per value.
 """
 
 from __future__ import annotations
