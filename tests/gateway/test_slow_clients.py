@@ -353,6 +353,26 @@ def test_over_the_cap_new_connections_get_503_and_open_ones_keep_being_served(
                 conn.close()
 
 
+def test_an_upgrade_request_is_plain_http_and_leaves_no_connection_counted(
+        loop_thread: LoopThread, tmp_path: Path) -> None:
+    """The gateway has no WebSocket route: ``Upgrade: websocket`` is answered as plain HTTP on
+    the same protocol, so its connection is counted closed when it closes (an upgraded one would
+    be counted open forever, and enough of them would fill max_connections)."""
+    with in_process_gateway(loop_thread, tmp_path, "{max_connections: 10, idle_timeout_s: 60}"
+                            ) as (running, _):
+        for _ in range(3):
+            with connect(running.stack.gateway.port) as sock:
+                sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                             b"Sec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        with httpx.Client(base_url=running.url, timeout=10, trust_env=False) as client:
+            wait_until(lambda: metric(client.get("/metrics").text,
+                                      "homellm_gateway_client_connections") == 1,
+                       10, "only the scrape's own connection open")
+
+
 # -- reload, the stack file, check, docs ---------------------------------------------------------
 
 

@@ -81,12 +81,16 @@ class ClientGuard:
             "(gateway.clients.max_connections); retry later", "too_many_connections",
             (("retry-after", "1"),))
 
-    def admit(self) -> bool:
-        """A connection opens: True to serve it, False to refuse it (counted)."""
-        cap = self.settings().max_connections
+    def size_fds(self, cap: int) -> None:
+        """Fit the open-file limit to ``cap`` connections (again only when the cap changed)."""
         if cap != self._fds_sized_for:
             self._fds_sized_for = cap
             ensure_fd_limit(cap)
+
+    def admit(self) -> bool:
+        """A connection opens: True to serve it, False to refuse it (counted)."""
+        cap = self.settings().max_connections
+        self.size_fds(cap)  # a reload may have raised it
         if self.open >= cap:
             self.refused += 1
             return False
@@ -137,6 +141,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self._guard.settings().header_timeout_s, self._header_timeout)
         super().data_received(data)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # answered as plain HTTP (ws="none"); two log lines per request would be a client's
+
     # -- parser events -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -178,7 +185,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         settings = self._guard.settings()
         if self.cycle is not None and not self.cycle.response_complete:
             # a pipelined request's head while the previous response is still being sent:
-            # its deadline counts from the end of that response
+            # its deadline starts over, until that response is done
             self._arm(settings.header_timeout_s, self._header_timeout)
             return
         if self._request_begun:
@@ -293,7 +300,10 @@ def guarded_server_config(app: Any, settings: Callable[[], ClientsConfig], regis
                           **uvicorn_options: Any) -> uvicorn.Config:
     """A uvicorn config serving ``app`` with the client guard, its metrics in ``registry``."""
     guard = ClientGuard(settings)
+    guard.size_fds(settings().max_connections)
     registry.register(ClientCollector(guard))
-    return uvicorn.Config(app, http=guard.protocol,  # type: ignore[arg-type]
+    # ws="none": the gateway has no WebSocket route, and an upgraded connection would leave this
+    # protocol (and the count of open connections) without a connection_lost
+    return uvicorn.Config(app, http=guard.protocol, ws="none",  # type: ignore[arg-type]
                           timeout_keep_alive=settings().idle_timeout_s,  # type: ignore[arg-type]
                           **uvicorn_options)
