@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,11 @@ def test_llama_cpp_python_parses_the_rope_flags_into_its_settings(qwen_gguf: Pat
     assert settings.rope_scaling_type == LLAMA_ROPE_SCALING_TYPE_YARN
     assert settings.rope_freq_scale == 0.25 and settings.yarn_orig_ctx == 32768
     assert settings.n_ctx == 131072
+
+
+def test_every_vllm_flag_for_128k_is_in_vllm_0_33s_own_help() -> None:
+    recorded = Path(__file__).parent / "data" / "vllm-0.33.0-serve-help-all.txt"
+    accepted = set(re.findall(r"(?<![\w-])(--[A-Za-z][\w.-]*)", recorded.read_text()))
+    argv = _spec("vllm", 131072).argv
+    flags = {a for a in argv if a.startswith("--")}
+    assert "--hf-overrides" in flags and flags <= accepted, flags - accepted
