@@ -116,9 +116,17 @@ def check(config: StackOption = Path("homellm.yaml"),
 def up(config: StackOption = Path("homellm.yaml"),
        run_dir: Annotated[Path | None, typer.Option(help="logs and state (default: under "
                                                        "$HOMELLM_HOME/runs)")] = None) -> None:
-    """Start every engine of the stack file, supervised, behind the gateway, until Ctrl-C."""
+    """Start every engine of the stack file, supervised, behind the gateway, until Ctrl-C or
+    SIGTERM: exit 130 after Ctrl-C, 0 after SIGTERM, while starting or serving alike."""
+    import signal
+
+    def stop_before_the_loop(signum: int, frame: object) -> None:
+        raise typer.Exit(0)  # STOP_EXIT_CODES[SIGTERM]: nothing has started yet
+
+    # from here to serve_stack's own handlers, so SIGTERM exits 0 in every phase
+    signal.signal(signal.SIGTERM, stop_before_the_loop)
     from homellm.config import load_stack
-    from homellm.up import default_run_dir, run_loop, serve_stack
+    from homellm.up import STOP_EXIT_CODES, default_run_dir, run_loop, serve_stack
 
     try:
         stack = load_stack(config)
@@ -126,8 +134,8 @@ def up(config: StackOption = Path("homellm.yaml"),
         code = run_loop(lambda: serve_stack(stack, folder, console, config))
     except HomellmError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt:  # Ctrl-C before serve_stack's handlers were in place
+        code = STOP_EXIT_CODES[signal.SIGINT]
     raise typer.Exit(int(code or 0))
 
 
