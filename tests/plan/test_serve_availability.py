@@ -115,6 +115,9 @@ def test_cli_table_and_json_carry_availability(tmp_path: Path) -> None:
                       f["inputs"]).check(), f["key"]
     safe = homellm(*args, "--prefer", "availability", "--json", home=tmp_path)
     assert json.loads(safe.stdout)["recommended"] == "replicas"
+    explained = homellm(*args, "--explain", home=tmp_path).stdout
+    assert "TP=2: after one GPU fails" in explained
+    assert "replicas left after one GPU fails = 1\n    = replicas - 1   [replicas=2]" in explained
     bad = homellm(*args, "--prefer", "speed", home=tmp_path)
     assert bad.returncode == 2 and "--prefer" in bad.stdout + bad.stderr
 

@@ -105,6 +105,10 @@ def serve(
                          (f"{chosen.label}: speed", list(chosen.decode_b1.figures.values())
                           + list(chosen.decode_at.figures.values())
                           + list(chosen.prefill.values()))], console, explain)
+        if explain:   # the table's after-loss columns, every layout
+            render_sections([(f"{layout.label}: after one GPU fails",
+                              layout.availability.all_figures())
+                             for layout in plan.layouts.values() if layout.fits], console, True)
         render_notes(chosen.notes, console)
     else:
         for layout in plan.layouts.values():
