@@ -140,3 +140,18 @@ def test_norm_params_match_transformers(config: dict) -> None:
             transformers.AutoConfig.for_model(**config))
     norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
     assert model_spec_from_config(config).norm_params == norms
+
+
+def test_fp8_flags_are_in_vllms_recorded_help() -> None:
+    """Every flag the fp8 plan emits is in vLLM 0.33.0's ``serve --help=all`` (recorded), and
+    fp8 is one of its --kv-cache-dtype choices; the slow test runs vLLM's own parser."""
+    recorded = Path(__file__).resolve().parents[1] / "engines" / "data" / \
+        "vllm-0.33.0-serve-help-all.txt"
+    text = recorded.read_text("utf-8")
+    plan = plan_serve(QWEN3_30B_A3B, [PRO_6000] * 2, context=32768, concurrency=4,
+                      dtype="fp8", kv_cache_dtype="fp8")
+    for layout in plan.layouts.values():
+        for flag in (a for a in layout.flags if a.startswith("--")):
+            assert f"  {flag} " in text, flag
+    choices = next(line for line in text.splitlines() if line.startswith("  --kv-cache-dtype "))
+    assert "'fp8'" in choices
