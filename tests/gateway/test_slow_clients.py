@@ -236,17 +236,23 @@ def test_a_stalled_body_gets_408_and_never_reaches_the_backend(loop_thread: Loop
     clients = f"{{header_timeout_s: 30, body_timeout_s: {body_timeout}}}"
     with in_process_gateway(loop_thread, tmp_path, clients) as (running, fake):
         port = running.stack.gateway.port
-        with connect(port) as sock:
-            sock.sendall(head + body[:20])
-            sent = time.monotonic()
-            answer = read_until_closed(sock, body_timeout + 15)
-            waited = time.monotonic() - sent
-        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-        error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
-        assert error["code"] == "request_timeout"
-        assert "gateway.clients.body_timeout_s" in error["message"]
-        assert waited >= body_timeout - 0.1
-        assert fake.requests == 0  # the backend never saw it
+        for after_a_response in (False, True):  # a new connection's request, and a keep-alive one
+            with connect(port) as sock:
+                if after_a_response:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    first = b""
+                    while b"}" not in first:
+                        first += sock.recv(65536)
+                sock.sendall(head + body[:20])
+                sent = time.monotonic()
+                answer = read_until_closed(sock, body_timeout + 15)
+                waited = time.monotonic() - sent
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+            assert error["code"] == "request_timeout"
+            assert "gateway.clients.body_timeout_s" in error["message"]
+            assert waited >= body_timeout - 0.1
+        assert fake.requests == 0  # the backend never saw either
 
         # a body that keeps arriving, each piece within body_timeout_s of the last, is served
         # even though the whole takes longer than body_timeout_s
@@ -262,7 +268,7 @@ def test_a_stalled_body_gets_408_and_never_reaches_the_backend(loop_thread: Loop
         assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
         assert fake.requests == 1
         text = httpx.get(running.url + "/metrics", timeout=10).text
-        assert metric(text, "homellm_gateway_client_timeouts_total", '{phase="body"}') == 1
+        assert metric(text, "homellm_gateway_client_timeouts_total", '{phase="body"}') == 2
 
 
 def test_an_early_answer_before_the_body_ends_still_times_out_the_idle_connection(
@@ -291,6 +297,22 @@ def test_an_early_answer_before_the_body_ends_still_times_out_the_idle_connectio
             sock.sendall(body[sent:])
             assert read_until_closed(sock, 15) == b""
         assert fake.requests == 0
+
+
+def test_bytes_after_a_response_that_begin_no_request_are_timed_out(loop_thread: LoopThread,
+                                                                   tmp_path: Path) -> None:
+    """After a keep-alive response, a bare CRLF cancels uvicorn's keep-alive timer without
+    starting a request; the header deadline still closes the connection."""
+    clients = "{header_timeout_s: 1, idle_timeout_s: 60}"
+    with in_process_gateway(loop_thread, tmp_path, clients) as (running, _), \
+            connect(running.stack.gateway.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"}" not in answer:
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        assert b"200" not in read_until_closed(sock, 15)
 
 
 # -- the connection cap --------------------------------------------------------------------------

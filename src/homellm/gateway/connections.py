@@ -3,9 +3,9 @@
 uvicorn closes a keep-alive connection that stays idle after a response (``timeout_keep_alive``)
 but sets no deadline on reading a request: a client that connects and sends nothing, or half a
 header, or half a body, holds its connection (and a file descriptor) forever. This module's
-protocol is uvicorn's own httptools protocol with three timers added, armed and cancelled the
-way uvicorn arms its keep-alive timer (``loop.call_later`` on a parser event, cancelled on the
-next one), plus a connection count:
+protocol is uvicorn's own httptools protocol with a read deadline added, armed and cancelled the
+way uvicorn arms its keep-alive timer (``loop.call_later`` after a read or a parser event,
+cancelled on the next one), plus a connection count:
 
 - **header**: from the connection opening, or from the first byte after a response, until the
   request's headers are complete: one deadline, not extended by bytes that trickle in. Nothing
@@ -21,8 +21,8 @@ next one), plus a connection count:
   :class:`RefusedConnection`); the ones already open go on being served.
 
 Settings are read when a timer is armed and when a connection opens, so a reload applies to
-the next request. The per-read cost is one clock read and one comparison; nothing is done per
-byte or per response chunk.
+the next request. A request that arrives whole in one read arms no timer; the per-read cost is
+one clock read and a few comparisons; nothing is done per response chunk.
 """
 
 from __future__ import annotations
@@ -104,7 +104,12 @@ class ClientGuard:
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header and body read deadlines and the connection cap."""
+    """uvicorn's httptools protocol with header and body read deadlines and the connection cap.
+
+    One timer per connection, armed only while a request is incomplete: a request that arrives
+    whole in one read (the usual case) arms nothing. The timer's callback looks at where the
+    request stands (head, body) to decide; body progress is a timestamp, not a re-armed timer.
+    """
 
     def __init__(self, guard: ClientGuard, config: uvicorn.Config, server_state: Any,
                  app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +118,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._guard = guard
         self._admitted = False
         self._timer: asyncio.TimerHandle | None = None
-        self._request_begun = False  # part of a request's head has arrived
+        self._request_begun = False  # part of a request's head has arrived, not all of it
+        self._in_body = False  # the head is complete, the body is not
         self._last_read = 0.0
 
     # -- connection ------------------------------------------------------------------------
@@ -126,7 +132,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         settings = self._guard.settings()
         self.timeout_keep_alive = settings.idle_timeout_s  # type: ignore[assignment]
-        self._arm(settings.header_timeout_s, self._header_timeout)
+        self._arm(settings.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
@@ -137,9 +143,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
-        if self._timer is None:  # the first byte after a response (or while one is sent)
-            self._arm(self._guard.settings().header_timeout_s, self._header_timeout)
         super().data_received(data)
+        if self._timer is None and not self.transport.is_closing():
+            # a request left incomplete by this read, or bytes that begin none (a bare CRLF
+            # after a response cancels uvicorn's keep-alive timer): time it from now
+            if self._in_body:
+                self._arm(self._guard.settings().body_timeout_s)
+            elif self._request_begun or self.cycle is None or self.cycle.response_complete:
+                self._arm(self._guard.settings().header_timeout_s)
 
     def _unsupported_upgrade_warning(self) -> None:
         pass  # answered as plain HTTP (ws="none"); two log lines per request would be a client's
@@ -152,10 +163,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._request_begun = False
-        self._arm(self._guard.settings().body_timeout_s, self._body_timeout)
+        self._in_body = True
+        timer = self._timer
+        if timer is not None:  # the head came in several reads: now the body's deadline rules
+            body_timeout = self._guard.settings().body_timeout_s
+            if timer.when() > self._last_read + body_timeout:
+                self._arm(body_timeout)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._cancel()
         super().on_message_complete()
         cycle = self.cycle
@@ -166,27 +183,30 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
-    # -- timers ------------------------------------------------------------------------------
+    # -- the deadline ------------------------------------------------------------------------
 
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+    def _arm(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_later(delay, callback)
+        self._timer = self.loop.call_later(delay, self._deadline)
 
     def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _header_timeout(self) -> None:
+    def _deadline(self) -> None:
         self._timer = None
         if self.transport.is_closing():
             return
         settings = self._guard.settings()
+        if self._in_body:
+            self._body_deadline(settings.body_timeout_s)
+            return
         if self.cycle is not None and not self.cycle.response_complete:
             # a pipelined request's head while the previous response is still being sent:
             # its deadline starts over, until that response is done
-            self._arm(settings.header_timeout_s, self._header_timeout)
+            self._arm(settings.header_timeout_s)
             return
         if self._request_begun:
             self._guard.timeouts["header"] += 1
@@ -197,14 +217,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._guard.timeouts["idle"] += 1
         self.transport.close()
 
-    def _body_timeout(self) -> None:
-        self._timer = None
-        if self.transport.is_closing():
-            return
-        timeout = self._guard.settings().body_timeout_s
+    def _body_deadline(self, timeout: float) -> None:
         waited = self.loop.time() - self._last_read
-        if self.flow.read_paused or waited < timeout:
-            self._arm(timeout if self.flow.read_paused else timeout - waited, self._body_timeout)
+        if self.flow.read_paused or waited < timeout:  # still arriving, or we stopped reading
+            self._arm(timeout if self.flow.read_paused else timeout - waited)
             return
         self._guard.timeouts["body"] += 1
         cycle = self.cycle
