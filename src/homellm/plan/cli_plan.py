@@ -4,6 +4,7 @@ rendering only; every figure comes from ``plan/``'s modules."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,10 +64,11 @@ def serve(
     json_output: JsonOpt = False,
 ) -> None:
     """Memory, layouts (replicas, TP, PP), speed and vLLM flags for serving MODEL."""
+    from homellm.longcontext import window_for_source
     from homellm.plan.inputs import resolve_gpus, resolve_plan_model
     from homellm.plan.render import render_notes, render_sections
     from homellm.plan.serve import NothingFitsError, plan_serve
-    from homellm.plan.stackfile import write_stack
+    from homellm.plan.stackfile import stack_source, write_stack
 
     console = Console(stderr=json_output)
     try:
@@ -75,9 +77,10 @@ def serve(
         factors, cited = _efficiency(devices, "vllm", "serve")
         plan = plan_serve(spec, devices, context=context, concurrency=concurrency, dtype=dtype,
                           gpu_memory_utilization=gpu_memory_utilization, efficiency=factors,
-                          prompt=prompt, kv_cache_dtype=kv_cache_dtype, prefer=prefer)
+                          prompt=prompt, kv_cache_dtype=kv_cache_dtype, prefer=prefer,
+                          window=window_for_source(model))
         if write is not None and plan.fits:
-            write_stack(write, plan, source=model,
+            write_stack(write, plan, source=stack_source(model),
                         mode="active-standby" if standby else "active-active")
     except HomellmError as exc:
         raise fail(console, exc) from None
@@ -100,11 +103,13 @@ def serve(
     console.print(f"[bold]recommendation:[/] {escape(plan.reason)}", highlight=False)
     chosen = plan.chosen
     if chosen is not None:
-        console.print("vllm serve flags: " + escape(" ".join(chosen.flags)), highlight=False)
+        console.print("vllm serve flags: " + escape(shlex.join(chosen.flags)), highlight=False)
         render_sections([(f"{chosen.label}: memory per GPU", list(chosen.memory.figures.values())),
                          (f"{chosen.label}: speed", list(chosen.decode_b1.figures.values())
                           + list(chosen.decode_at.figures.values())
-                          + list(chosen.prefill.values()))], console, explain)
+                          + list(chosen.prefill.values()))]
+                        + ([(f"{chosen.label}: static YaRN", list(chosen.yarn.values()))]
+                           if chosen.yarn else []), console, explain)
         if explain:   # the table's after-loss columns, every layout
             render_sections([(f"{layout.label}: after one GPU fails",
                               layout.availability.all_figures())

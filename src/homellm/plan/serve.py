@@ -9,11 +9,13 @@ and ``non_torch_gib``, ``non_torch_tp_extra_gib``, ``cudagraph_gib``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homellm.errors import ConfigError, HomellmError
 from homellm.hardware import GPUSpec
+from homellm.longcontext import ContextWindow, extension_for, window_for_source
+from homellm.models_catalog import catalog_entry
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure
 from homellm.plan.serve_choice import check_prefer, recommend
@@ -73,9 +75,13 @@ class ServePlan:
 def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
                concurrency: int, dtype: str, engine: str = "vllm",
                gpu_memory_utilization: float = 0.9, efficiency: dict | None = None,
-               prompt: int = DEFAULT_PROMPT, kv_cache_dtype: str = "auto",
+               prompt: int = DEFAULT_PROMPT,
+               window: ContextWindow | None = None, kv_cache_dtype: str = "auto",
                prefer: str = "balanced") -> ServePlan:
-    """Plan ``model`` on ``gpus`` for ``concurrency`` requests of up to ``context`` tokens."""
+    """Plan ``model`` on ``gpus`` for ``concurrency`` requests of up to ``context`` tokens.
+    ``window``: the model's context window and documented rope scaling (default: the catalog
+    entry's for a catalog model, else its config's window with none); a context beyond it is
+    planned with the smallest documented YaRN factor, or refused (LongContextError)."""
     if not gpus:
         raise ConfigError("--gpus: name at least one GPU (for example 2xrtx-pro-6000)")
     if engine != "vllm":
@@ -102,10 +108,15 @@ def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
             raise ConfigError(f"--gpus: no bandwidth/TFLOPS known for {g.name}; give them "
                               "with --gpu-spec")
     kinds = ["replicas"] if len(gpus) == 1 else ["replicas", "tp", "pp"]
+    window = window or model_window(model)
+    rope = extension_for(window, context, field="--context") if context else None
+    if rope is not None:
+        # the engine's limit is then the scaled window (max_position_embeddings overridden)
+        model = replace(model, max_position_embeddings=rope.max_context)
     layouts = {k: build_layout(k, model, gpus, context=context, concurrency=concurrency,
                                prompt=prompt, dtype=dtype,
                                gpu_memory_utilization=gpu_memory_utilization,
-                               efficiency=eff, kv_cache_dtype=kv_cache_dtype)
+                               efficiency=eff, window=window, kv_cache_dtype=kv_cache_dtype)
               for k in kinds}
     nvlink = all(g.nvlink_gbs for g in gpus)
     chosen, reason = recommend(layouts, model, concurrency, nvlink, prefer)
@@ -127,3 +138,16 @@ def plan_serve(model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
                      gpu_memory_utilization=gpu_memory_utilization, layouts=layouts,
                      recommended=chosen, reason=reason, efficiency=eff, notes=notes,
                      kv_cache_dtype=kv_cache_dtype, prefer=prefer)
+
+
+def model_window(model: ModelSpec) -> ContextWindow:
+    """The window of a catalog model (its documented rope scaling included), else of the
+    spec's own config with no rope scaling known."""
+    entry = catalog_entry(model.name)
+    if entry is not None and entry.config.get("max_position_embeddings") == (
+            model.max_position_embeddings):
+        found = window_for_source(entry.repo)
+        if found is not None:
+            return found
+    return ContextWindow(native=model.max_position_embeddings, recipe=None,
+                         scaled_in_config=False, name=model.name)

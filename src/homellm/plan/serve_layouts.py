@@ -5,19 +5,23 @@ Which one to use, and why: :mod:`homellm.plan.serve_choice`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from homellm.hardware import GPUSpec
+from homellm.longcontext import ContextWindow, RopeExtension, extension_for
 from homellm.modelspec import ModelSpec
 from homellm.plan.figures import Figure
 from homellm.plan.serve_availability import Availability, after_one_failure
 from homellm.plan.serve_memory import MemoryPlan, plan_memory, precision
+from homellm.plan.serve_rope import yarn_figures, yarn_notes
 from homellm.plan.serve_speed import DecodeSpeed, decode_speed, prefill_figures
 
 # flags of ``vllm serve`` 0.33.0 this module emits (engine/arg_utils.py; docs/engines.md)
 VLLM_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--max-model-len",
-              "--gpu-memory-utilization", "--dtype", "--quantization", "--kv-cache-dtype")
+              "--gpu-memory-utilization", "--dtype", "--quantization", "--kv-cache-dtype",
+              "--hf-overrides")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Layout:
     context: int                 # --max-model-len the flags use
     flags: list[str]
     notes: list[str] = field(default_factory=list)
+    rope: RopeExtension | None = None       # static YaRN for a context beyond the window
+    yarn: dict[str, Figure] = field(default_factory=dict)  # its factor and what it changes
 
     @property
     def fits(self) -> bool:
@@ -60,7 +66,8 @@ class Layout:
     def figures(self) -> list[Figure]:
         out = list(self.memory.figures.values())
         out += list(self.decode_b1.figures.values()) + list(self.decode_at.figures.values())
-        return out + list(self.prefill.values()) + self.availability.all_figures()
+        out += list(self.prefill.values()) + self.availability.all_figures()
+        return out + list(self.yarn.values())
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "label": self.label, "tp": self.tp, "pp": self.pp,
@@ -77,12 +84,14 @@ class Layout:
                 "decode_tok_s_batch1": self.decode_b1.tokens_per_s,
                 "decode_tok_s_total": self.total_tokens_per_s,
                 "ttft_ms": self.prefill["ttft"].value, "flags": self.flags,
+                "rope_parameters": self.rope.rope_parameters() if self.rope else None,
                 "notes": self.notes,
                 "figures": [f.to_json() for f in self.figures()]}
 
 
 def vllm_flags(*, tp: int, pp: int, context: int, dtype: str,
-               gpu_memory_utilization: float, kv_cache_dtype: str = "auto") -> list[str]:
+               gpu_memory_utilization: float, kv_cache_dtype: str = "auto",
+               rope: RopeExtension | None = None) -> list[str]:
     """The ``vllm serve`` flags for one replica (only flags in vLLM 0.33.0)."""
     prec = precision(dtype, kv_cache_dtype)
     flags: list[str] = []
@@ -98,12 +107,16 @@ def vllm_flags(*, tp: int, pp: int, context: int, dtype: str,
         flags += ["--quantization", prec.quantization]
     if kv_cache_dtype != "auto":
         flags += ["--kv-cache-dtype", kv_cache_dtype]
+    if rope is not None:
+        # the same JSON the vLLM adapter emits for the stack file (engines/rope.py)
+        flags += ["--hf-overrides", json.dumps(rope.config_overrides())]
     return flags
 
 
 def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: int | None,
                  concurrency: int, prompt: int, dtype: str, gpu_memory_utilization: float,
-                 efficiency: dict[str, float] | None, kv_cache_dtype: str = "auto") -> Layout:
+                 efficiency: dict[str, float] | None, kv_cache_dtype: str = "auto",
+                 window: ContextWindow | None = None) -> Layout:
     n = len(gpus)
     gpu = min(gpus, key=lambda g: g.memory_gib)   # the smallest card bounds every rank
     tp, pp, replicas = {"replicas": (1, 1, n), "tp": (n, 1, 1), "pp": (1, n, 1)}[kind]
@@ -117,6 +130,8 @@ def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: i
     # the flags carry a context that fits: the one asked, or the longest that fits
     ctx = mem.context if mem.fits or mem.max_context <= 0 else min(mem.context,
                                                                     mem.max_context)
+    # the smallest documented YaRN factor for the flags' context (None within the window)
+    rope = extension_for(window, ctx) if window is not None else None
     per_replica = max(1, -(-concurrency // replicas))
     b1 = decode_speed(model, gpu, batch=1, context=min(ctx, prompt), tp=tp, pp=pp,
                       dtype=dtype, efficiency=efficiency, key=f"{key}.decode_b1",
@@ -145,10 +160,15 @@ def build_layout(kind: str, model: ModelSpec, gpus: list[GPUSpec], *, context: i
     if not mem.fits and mem.max_context > 0 and mem.error.startswith("To serve"):
         notes.append(f"fits with --max-model-len {mem.max_context} (KV cache holds "
                      f"{mem.kv_tokens:,} tokens)")
+    yarn: dict[str, Figure] = {}
+    if rope is not None and window is not None:
+        notes += yarn_notes(rope, window, ctx)
+        yarn = yarn_figures(rope, window, ctx, model.head_dim)
     flags = vllm_flags(tp=tp, pp=pp, context=ctx, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization,
-                       kv_cache_dtype=kv_cache_dtype)
+                       kv_cache_dtype=kv_cache_dtype, rope=rope)
     return Layout(kind=kind, label=label, tp=tp, pp=pp, replicas=replicas,
                   gpus_per_replica=groups, memory=mem, decode_b1=b1, decode_at=at,
                   prefill=pre, availability=avail, concurrency=concurrency, context=ctx,
-                  flags=flags, notes=notes)
+                  flags=flags, notes=notes,
+                  rope=rope, yarn=yarn)

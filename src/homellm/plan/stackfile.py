@@ -11,6 +11,7 @@ gives ``--tensor-parallel-size`` as GPUs ÷ PP, so no flag is given twice).
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import yaml
 from homellm.config import parse_stack
 from homellm.errors import ConfigError
 from homellm.fsutil import atomic_write_text
+from homellm.models_catalog import catalog_entry
 from homellm.plan.serve import ServePlan
 from homellm.plan.serve_memory import precision
 
@@ -33,6 +35,22 @@ def model_key(name: str) -> str:
     """``Qwen/Qwen3-30B-A3B`` → ``qwen3-30b-a3b`` (the served model name)."""
     key = re.sub(r"[^a-z0-9._-]+", "-", name.rsplit("/", 1)[-1].lower()).strip("-")
     return key or "model"
+
+
+def stack_source(model: str) -> str:
+    """A stack file's ``source`` for plan's MODEL argument: a catalog short name becomes the
+    Hugging Face repo id the engines load (an alias its own repo id); a folder or config.json
+    becomes the folder's absolute path; anything else stays as given."""
+    path = Path(model).expanduser()
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+        return str(folder.resolve())
+    entry = catalog_entry(model)
+    if entry is None or "/" in model:
+        return model
+    key = model.strip().lower()
+    return next((repo for repo in entry.aliases if repo.split("/")[-1].lower() == key),
+                entry.repo)
 
 
 def stack_data(plan: ServePlan, *, source: str, layout: str | None = None,
@@ -81,7 +99,7 @@ def render_stack(plan: ServePlan, *, source: str, layout: str | None = None,
     gpus = ", ".join(g.key for g in plan.gpus)
     head = [f"# homellm plan serve: {plan.model.name} on {gpus} — {chosen.label}"
             + (f", {mode}" if kind == "replicas" and chosen.replicas > 1 else ""),
-            f"# vllm serve flags per replica: {' '.join(chosen.flags)}"]
+            f"# vllm serve flags per replica: {shlex.join(chosen.flags)}"]
     if kind == plan.recommended:
         head.append("# why: " + plan.reason)
     text = "\n".join(_wrap(line) for line in head) + "\n"
