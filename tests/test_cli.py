@@ -166,3 +166,24 @@ def test_transformers_max_context_is_a_warning_not_an_error(tmp_path: Path) -> N
     quiet = _homellm("check", "-c", str(stack), "--json")
     assert quiet.returncode == 0 and json.loads(quiet.stdout)["warnings"] == []
     assert quiet.stderr == ""
+
+
+def test_check_and_up_refuse_a_run_folder_that_cannot_be_made(tmp_path: Path) -> None:
+    """`up` used to die with a traceback making its logs folder; now both say so in one line."""
+    (tmp_path / "a-file").write_text("")
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    replicas: [{{}}]\n"
+                     f"gateway:\n  listen: 127.0.0.1:{free_port()}\n"
+                     f"run_dir: {tmp_path / 'a-file' / 'run'}\n")
+    expected = (f"{stack}:7: run_dir: cannot use {tmp_path / 'a-file' / 'run'} as the run "
+                "folder: Not a directory")
+    for done in (_homellm("check", "-c", str(stack)), _homellm("up", "-c", str(stack))):
+        assert done.returncode == 2, done.stderr
+        assert _refusal(done) == f"error: {expected}"
+    given = _homellm("up", "-c", str(stack), "--run-dir", str(tmp_path / "a-file" / "x"))
+    assert given.returncode == 2
+    assert _refusal(given).startswith(f"error: --run-dir: cannot use {tmp_path / 'a-file'}")
+    fresh = tmp_path / "not" / "yet"  # check probes a folder it may make, and leaves no trace
+    stack.write_text(stack.read_text().replace(str(tmp_path / "a-file" / "run"), str(fresh)))
+    assert _homellm("check", "-c", str(stack)).returncode == 0
+    assert not (tmp_path / "not").exists()

@@ -71,11 +71,13 @@ def check(config: StackOption = Path("homellm.yaml"),
     """
     from homellm.config import load_stack
     from homellm.engines.preflight import preflight
-    from homellm.stackcheck import resolve_for_start
+    from homellm.stackcheck import check_run_folder, resolve_for_start
 
     try:
         stack = load_stack(config)
         resolved = resolve_for_start(stack)
+        if stack.run_dir:  # `up --run-dir` would override it, else up writes there
+            check_run_folder(Path(stack.run_dir), stack.where("run_dir"))
         specs = resolved.specs
         if engines:
             specs = [preflight(s) for s in specs]
@@ -126,11 +128,14 @@ def up(config: StackOption = Path("homellm.yaml"),
     # from here to serve_stack's own handlers, so SIGTERM exits 0 in every phase
     signal.signal(signal.SIGTERM, stop_before_the_loop)
     from homellm.config import load_stack
+    from homellm.stackcheck import check_run_folder
     from homellm.up import STOP_EXIT_CODES, default_run_dir, run_loop, serve_stack
 
     try:
         stack = load_stack(config)
         folder = run_dir or (Path(stack.run_dir) if stack.run_dir else default_run_dir(config))
+        check_run_folder(folder, "--run-dir" if run_dir else stack.where("run_dir")
+                         if stack.run_dir else "run folder (under $HOMELLM_HOME)")
         code = run_loop(lambda: serve_stack(stack, folder, console, config))
     except HomellmError as exc:
         _fail(exc)
