@@ -496,3 +496,11 @@ def test_up_raises_the_open_file_limit_to_fit_the_cap() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
     assert int(done.stdout) == 2 * 1024 + 256
+
+
+def test_the_cost_benchmark_runs() -> None:
+    """benchmarks/client_deadlines_cost.py (docs/architecture.md quotes it), in a short run."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "client_deadlines_cost.py"),
+                           "--rounds", "2", "--requests", "50"], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert re.search(r"^guarded - uvicorn: [+-]\d+\.\d µs", done.stdout, re.MULTILINE), done.stdout
