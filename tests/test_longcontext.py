@@ -233,3 +233,19 @@ def test_the_readme_stack_example_checks_with_the_rope_override(tmp_path: Path) 
         assert got["max_position_embeddings"] >= context > 40960
         assert got["rope_parameters"]["rope_type"] == "yarn"
         assert got["rope_parameters"]["original_max_position_embeddings"] == 32768
+
+
+def test_an_unknown_hub_model_gets_one_warning_and_no_override(tmp_path: Path) -> None:
+    stack = tmp_path / "homellm.yaml"
+    stack.write_text("models:\n  q:\n    source: acme/never-heard-of-it\n    engine: vllm\n"
+                     "    max_context: 131072\n    replicas: [{gpus: [0]}]\n")
+    done = homellm("check", "-c", str(stack), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [(w["line"], w["field"]) for w in data["warnings"]] == [(5, "models.q.max_context")]
+    assert "is not known here" in data["warnings"][0]["message"]
+    assert overrides(data["replicas"][0]["command"]) is None
+    # a hub id that is known (the catalog) gets no such warning
+    stack.write_text(stack.read_text().replace("acme/never-heard-of-it", "Qwen/Qwen3-8B"))
+    known = json.loads(homellm("check", "-c", str(stack), "--json", cwd=tmp_path).stdout)
+    assert known["warnings"] == []

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from homellm.config import ModelConfig, ReplicaConfig
-from homellm.engines.rope import rope_extension, with_config_overrides
+from homellm.engines.rope import rope_extension, unknown_window_warning, with_config_overrides
 from homellm.errors import ConfigError
 
 #: the OpenAI routes an engine serves unless its adapter names fewer (the gateway forwards and
@@ -162,6 +162,10 @@ class ServedModelAdapter(EngineAdapter):
     @abstractmethod
     def head_argv(self, model: ModelConfig, replica: ReplicaConfig, port: int) -> list[str]:
         """The command up to and including model, host and port."""
+
+    def config_warnings(self, model: ModelConfig) -> list[tuple[str, str]]:
+        warning = unknown_window_warning(model, self.name)
+        return [("max_context", warning)] if warning else []
 
     def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
                index: int, port: int) -> LaunchSpec:

@@ -29,6 +29,16 @@ def rope_extension(model: ModelConfig, source: str | None = None) -> RopeExtensi
     return extension_for(window, model.max_context) if window is not None else None
 
 
+def unknown_window_warning(model: ModelConfig, engine: str) -> str | None:
+    """A max_context homellm cannot check: the model's window is known nowhere here."""
+    if not model.max_context or window_for_source(model.source) is not None:
+        return None
+    return (f"the window of {model.source} is not known here (no config.json in the Hugging "
+            "Face cache, not in homellm's catalog), so no rope scaling is added: "
+            f"{engine} refuses {model.max_context} if it is beyond the model's "
+            "max_position_embeddings")
+
+
 def with_config_overrides(model_name: str, engine_args: dict[str, Any], key: str,
                           extension: RopeExtension | None) -> dict[str, Any]:
     """``engine_args`` with the extension's config overrides in ``engine_args[key]``, merged
