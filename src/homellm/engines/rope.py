@@ -9,6 +9,7 @@ factor, and whether the model's authors document one at all, is decided in
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from homellm.config import ModelConfig
@@ -33,9 +34,10 @@ def unknown_window_warning(model: ModelConfig, engine: str) -> str | None:
     """A max_context homellm cannot check: the model's window is known nowhere here."""
     if not model.max_context or window_for_source(model.source) is not None:
         return None
-    return (f"the window of {model.source} is not known here (no config.json in the Hugging "
-            "Face cache, not in homellm's catalog), so no rope scaling is added: "
-            f"{engine} refuses {model.max_context} if it is beyond the model's "
+    why = ("no max_position_embeddings readable in it" if Path(model.source).exists() else
+           "no config.json in the Hugging Face cache, not in homellm's catalog")
+    return (f"the window of {model.source} is not known here ({why}), so no rope scaling is "
+            f"added: {engine} refuses {model.max_context} if it is beyond the model's "
             "max_position_embeddings")
 
 
