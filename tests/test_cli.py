@@ -187,3 +187,20 @@ def test_check_and_up_refuse_a_run_folder_that_cannot_be_made(tmp_path: Path) ->
     stack.write_text(stack.read_text().replace(str(tmp_path / "a-file" / "run"), str(fresh)))
     assert _homellm("check", "-c", str(stack)).returncode == 0
     assert not (tmp_path / "not").exists()
+
+
+def test_up_prints_warnings_before_it_starts(tmp_path: Path) -> None:
+    """The warning `check` prints, `up` prints at its start (here just before it finds the
+    gateway's port taken, so nothing starts)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        stack = tmp_path / "homellm.yaml"
+        stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    max_context: 4096\n"
+                         f"    replicas: [{{}}]\ngateway:\n  listen: 127.0.0.1:{port}\n")
+        done = _homellm("up", "-c", str(stack), "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert (f"warning: {stack}:4: models.a.max_context: transformers serve has no "
+            "context-length limit") in " ".join(done.stdout.split())
+    assert "cannot listen on" in done.stderr
