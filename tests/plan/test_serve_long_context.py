@@ -73,3 +73,15 @@ def test_stack_source_is_the_hub_repo_id(model: str, source: str) -> None:
 def test_stack_source_of_a_config_json_is_its_folder(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     assert stack_source(str(tmp_path / "config.json")) == str(tmp_path.resolve())
+
+
+def test_write_stack_itself_writes_the_repo_id(tmp_path: Path) -> None:
+    from homellm.config import load_stack
+    from homellm.plan.stackfile import write_stack
+
+    plan = plan_serve(QWEN3_30B_A3B, TWO_PRO, context=131072, concurrency=1, dtype="bfloat16")
+    for layout in plan.layouts:
+        path = write_stack(tmp_path / f"{layout}.yaml", plan, source="Qwen3-30B-A3B",
+                           layout=layout)
+        stack = load_stack(path)
+        assert [m.source for m in stack.models.values()] == ["Qwen/Qwen3-30B-A3B"]

@@ -56,7 +56,9 @@ def stack_source(model: str) -> str:
 def stack_data(plan: ServePlan, *, source: str, layout: str | None = None,
                mode: ReplicaMode = "active-active", name: str | None = None,
                listen: str = "127.0.0.1:8080") -> dict[str, Any]:
-    """The stack file as data for ``layout`` (default: the recommended one)."""
+    """The stack file as data for ``layout`` (default: the recommended one); ``source`` as
+    :func:`stack_source` makes it (a catalog short name becomes its repo id)."""
+    source = stack_source(source)
     kind = layout or plan.recommended
     if kind is None:
         raise ConfigError(f"--write: nothing to write, no layout fits: {plan.reason}")
