@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=48.0, help="synthetic corpus size")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--presets", help="only these throughput presets, e.g. 125m,350m "
+                        "(benchmarks/gpu_session.sh runs a subset inside its time box)")
+    parser.add_argument("--long-presets", help="presets for the longest-context search")
+    parser.add_argument("--contexts", help="lengths for the longest-context search")
     args = parser.parse_args(argv)
     import torch
 
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     throughput = QUICK_THROUGHPUT if args.quick else THROUGHPUT
     contexts = QUICK_CONTEXTS if args.quick else CONTEXTS
     long_presets = ("tiny",) if args.quick else LONG_PRESETS
+    if args.presets:
+        throughput = [row for row in throughput if row[0] in args.presets.split(",")]
+    if args.long_presets is not None:
+        long_presets = tuple(p for p in args.long_presets.split(",") if p)
+    if args.contexts:
+        contexts = [int(c) for c in args.contexts.split(",")]
     steps, warmup = (4, 1) if args.quick else (args.steps, args.warmup)
     gpu = _gpu_key() if args.device == "cuda" else None
     result: dict[str, Any] = {

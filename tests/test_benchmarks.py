@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,38 @@ def test_train_gpu_script_runs_on_cpu_quick(tmp_path: Path) -> None:
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in results["throughput"])
     longest = results["longest_context"]["tiny"]
     assert longest["longest"] == 256 and all(t["trained"] for t in longest["tried"])
+
+
+def test_gpu_session_runs_every_step_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_session.sh --cpu: every GPU step's logic on CPU with tiny sizes. Each
+    step leaves its figures in summary.json, or its failure is recorded (NVML has no driver
+    here); every process it started is gone when it returns."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--cpu"],
+                          capture_output=True, text=True, timeout=900, check=False, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == ["setup", "model", "up", "client", "bench", "nvml", "calibrate",
+                           "plan_serve", "train_gpu"]
+    log = (out / "session.log").read_text()
+    for name, step in steps.items():
+        assert step["rc"] == 0 or step["note"] or f"===== {name}.log" in log, step
+    figures = summary["figures"]
+    for name in ("model", "client", "bench", "calibrate", "plan_serve", "train_gpu"):
+        assert steps[name]["rc"] == 0 and steps[name]["figures"] == name, steps[name]
+    assert figures["client"]["chat"]["chars"] > 0 and figures["client"]["stream"]["chunks"] > 0
+    assert figures["bench"]["completed"] == 4 and figures["bench"]["failed"] == 0
+    assert figures["calibrate"][0]["factor"] == "decode_bw_eff"
+    assert figures["plan_serve"]["figures"] and figures["plan_serve"]["measured"]
+    assert figures["train_gpu"]["throughput"]
+    # no NVIDIA driver here: the failure is recorded with NVML's own reason
+    assert steps["nvml"]["rc"] == 1 and "NVML" in steps["nvml"]["note"]
+    assert summary["failed"] == ["nvml"] and not summary["ok"]
+    assert (out / "bench.json").exists() and (out / "train_gpu.json").exists()
+    assert len(list(out.iterdir())) <= 8                 # what the device machine returns
+    assert not list(tmp_path.glob("homellm-gpu-session.*"))   # its work folder is removed
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
+                              check=False)
+    assert leftover.stdout.strip() == "", "a process the session started is still running"
