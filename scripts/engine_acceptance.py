@@ -94,6 +94,7 @@ class Row:
     where: str = ""                  # the engine source line that raised
     commands: list[list[str]] = field(default_factory=list)   # argv after the engine's head
     engine_config: str = ""          # how far create_engine_config got on CPU
+    engine_context: int = 0          # the context the engine's model config settled on
     homellm_notes: list[str] = field(default_factory=list)    # defects seen on the way
 
     def to_json(self) -> dict[str, Any]:
@@ -311,12 +312,13 @@ def run_probe(engine: str, jobs: list[dict[str, Any]], log: Path, timeout_s: flo
 
 def fold(row: Row, results: list[dict[str, Any] | None]) -> None:
     """A row's status from its replicas' probe results: refused if any was refused."""
-    if any(r is None for r in results):
+    if not results or any(r is None for r in results):
         row.status, row.message = Status.PROBE_FAILED, "the probe gave no result (see its log)"
         return
     for result in results:
         assert result is not None
         row.engine_config = result.get("engine_config") or result.get("without_device", "")
+        row.engine_context = int(result.get("max_model_len") or result.get("context_len") or 0)
         if not result["accepted"]:
             row.status, row.stage = Status.REFUSED, result["stage"]
             row.message, row.where = result["error"], result.get("where", "")
@@ -327,65 +329,76 @@ def fold(row: Row, results: list[dict[str, Any] | None]) -> None:
 # --- the run --------------------------------------------------------------------------------
 
 
-def build_rows(cases: list[Case], work: Path, env: dict[str, str], engines: list[str],
-               catalog: dict[str, Any]) -> tuple[list[Row], dict[str, list[dict[str, Any]]],
-                                                  dict[int, list[str]]]:
-    """Plan, write and check every case; the rows, the probe jobs per engine, and for each
-    row (by index) the job ids of its replicas."""
+def case_rows(case: Case, folder: Path, work: Path, env: dict[str, str], engines: list[str],
+              layout_option: bool) -> list[Row]:
+    """Plan, write and check one case: a row per layout and engine, each row's commands
+    ready for the probe (status PROBE_FAILED until it answers) or its verdict already."""
+    plan, error = plan_json(case, env)
+    if plan is None:
+        return [Row(case, "", e, Status.HOMELLM_REFUSED, error) for e in engines]
+    layouts = offered_layouts(plan)
+    if not layouts:
+        return [Row(case, "", e, Status.NOTHING_FITS, plan.get("reason", "")) for e in engines]
     rows: list[Row] = []
+    for kind in LAYOUT_ORDER:
+        if kind not in plan["layouts"]:
+            continue
+        if kind not in layouts:
+            error = plan["layouts"][kind].get("error") or "does not fit"
+            rows += [Row(case, kind, e, Status.NOT_OFFERED, error) for e in engines]
+            continue
+        stack = work / "stacks" / f"{case.model}-{case.gpus}-{case.context}-{kind}.yaml"
+        stack.parent.mkdir(parents=True, exist_ok=True)
+        error = write_stack_file(case, kind, plan, stack, env, layout_option)
+        if error:
+            rows += [Row(case, kind, e, Status.HOMELLM_REFUSED, error) for e in engines]
+            continue
+        notes = [note] if (note := fix_source(stack, case.repo)) else []
+        for engine in engines:
+            row = Row(case, kind, engine, Status.PROBE_FAILED, homellm_notes=list(notes))
+            rows.append(row)
+            argvs, error = check_commands(as_engine(stack, engine), env)
+            if error:
+                row.status, row.message = Status.HOMELLM_REFUSED, error
+                continue
+            row.commands = [engine_argv(a, engine, case.repo, folder) for a in argvs]
+            if probe_python(engine) is None:
+                row.status = Status.NO_ENGINE
+                row.message = f"no {engine} venv under {VENVS} (scripts/engine_venvs.sh)"
+    return rows
+
+
+def build_rows(cases: list[Case], work: Path, env: dict[str, str], engines: list[str],
+               catalog: dict[str, Any], workers: int = 3
+               ) -> tuple[list[Row], dict[str, list[dict[str, Any]]], dict[int, list[str]]]:
+    """Plan, write and check every case (``workers`` at a time: homellm's CLI runs as
+    subprocesses); the rows, the probe jobs per engine, and each row's job ids by its index."""
+    folders = {name: write_model_folder(work / "models" / name, catalog[name].config)
+               for name in dict.fromkeys(c.model for c in cases)}
+    layout_option = cli_has_layout_option(env)
+
+    def one(numbered: tuple[int, Case]) -> list[Row]:
+        n, case = numbered
+        print(f"[{n + 1}/{len(cases)}] {case.key}", file=sys.stderr, flush=True)
+        return case_rows(case, folders[case.model], work, env, engines, layout_option)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = [row for rows_of_case in pool.map(one, enumerate(cases)) for row in rows_of_case]
     jobs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     job_ids: dict[int, list[str]] = {}
     probed: dict[tuple[str, ...], str] = {}
-    layout_option = cli_has_layout_option(env)
-    for n, case in enumerate(cases):
-        print(f"[{n + 1}/{len(cases)}] {case.key}", file=sys.stderr, flush=True)
-        folder = write_model_folder(work / "models" / case.model, catalog[case.model].config)
-        plan, error = plan_json(case, env)
-        if plan is None:
-            rows += [Row(case, "", e, Status.HOMELLM_REFUSED, error) for e in engines]
+    for index, row in enumerate(rows):
+        if row.status is not Status.PROBE_FAILED:
             continue
-        layouts = offered_layouts(plan)
-        if not layouts:
-            reason = plan.get("reason", "")
-            rows += [Row(case, "", e, Status.NOTHING_FITS, reason) for e in engines]
-            continue
-        for kind in LAYOUT_ORDER:
-            if kind not in plan["layouts"]:
-                continue
-            if kind not in layouts:
-                error = plan["layouts"][kind].get("error") or "does not fit"
-                rows += [Row(case, kind, e, Status.NOT_OFFERED, error) for e in engines]
-                continue
-            stack = work / "stacks" / f"{case.model}-{case.gpus}-{case.context}-{kind}.yaml"
-            stack.parent.mkdir(parents=True, exist_ok=True)
-            error = write_stack_file(case, kind, plan, stack, env, layout_option)
-            if error:
-                rows += [Row(case, kind, e, Status.HOMELLM_REFUSED, error) for e in engines]
-                continue
-            notes = [note] if (note := fix_source(stack, case.repo)) else []
-            for engine in engines:
-                row = Row(case, kind, engine, Status.PROBE_FAILED, homellm_notes=list(notes))
-                argvs, error = check_commands(as_engine(stack, engine), env)
-                if error:
-                    row.status, row.message = Status.HOMELLM_REFUSED, error
-                    rows.append(row)
-                    continue
-                row.commands = [engine_argv(a, engine, case.repo, folder) for a in argvs]
-                if probe_python(engine) is None:
-                    row.status = Status.NO_ENGINE
-                    row.message = f"no {engine} venv under {VENVS} (scripts/engine_venvs.sh)"
-                    rows.append(row)
-                    continue
-                ids = []
-                for i, argv in enumerate(row.commands):
-                    # replicas differ only in --port, which no config check reads: probe once
-                    key = (engine, *without_port(argv))
-                    if key not in probed:
-                        probed[key] = f"{len(rows)}.{i}"
-                        jobs[engine].append({"id": probed[key], "argv": argv})
-                    ids.append(probed[key])
-                job_ids[len(rows)] = ids
-                rows.append(row)
+        ids = []
+        for i, argv in enumerate(row.commands):
+            # replicas differ only in --port, which no config check reads: probe once
+            key = (row.engine, *without_port(argv))
+            if key not in probed:
+                probed[key] = f"{index}.{i}"
+                jobs[row.engine].append({"id": probed[key], "argv": argv})
+            ids.append(probed[key])
+        job_ids[index] = ids
     return rows, jobs, job_ids
 
 
@@ -451,7 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index, ids in job_ids.items():
             row = rows[index]
             fold(row, [results[row.engine].get(i) for i in ids])
-    record = {"date": stamp, "homellm": __version__, "git": git_head(),
+    record = {"date": stamp, "homellm": __version__, "git": args.src_commit or git_head(),
               "src": str(args.src or ROOT / "src"), "dirty": git_dirty(args.src),
               "versions": engine_versions(engines), "command": REPRODUCE,
               "vllm_native_platform": native,
@@ -496,7 +509,9 @@ _CELL = {Status.ACCEPTED: "ok", Status.NOTHING_FITS: "no fit", Status.NOT_OFFERE
 
 
 def cell(row: Row, notes: dict[str, int]) -> str:
-    if row.status in _CELL:
+    if row.status is Status.ACCEPTED and row.engine_context != row.case.context:
+        text = f"ok, ctx {row.engine_context:,}"  # the engine settled on another context
+    elif row.status in _CELL:
         text = _CELL[row.status]
     else:
         words = f"{row.status.value}: {row.message}"
@@ -558,13 +573,29 @@ def render_section(record: dict[str, Any]) -> str:
         counted = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].get(engine,
                                                                                  {}).items()))
         lines += [f"**{version}**: {counted}.", ""]
-        stops = sorted({r.engine_config for r in mine if r.engine_config})
-        if stops:
-            lines += ["After the model config, `create_engine_config()` on this CPU-only "
-                      "machine: " + "; ".join(f"`{s}`" for s in stops), ""]
+        lines += [platform_note(engine, mine, record), ""]
         lines += [*engine_table(mine), ""]
     lines.append(MARK_END)
     return "\n".join(lines)
+
+
+def platform_note(engine: str, rows: list[Row], record: dict[str, Any]) -> str:
+    """How far the engine's own code got on this machine without a GPU, and how."""
+    stops = sorted({r.engine_config for r in rows if r.engine_config})
+    said = "; ".join(f"`{s}`" for s in stops) or "not reached"
+    if engine == "vllm":
+        native = record.get("vllm_native_platform") or {}
+        before = (f"On the platform it detects by itself ({native.get('platform', '?')}) vLLM "
+                  f"stops at stage `{native.get('stage', '?')}`: `{native.get('error', '?')}` "
+                  f"(`{native.get('where', '?')}`). " if native.get("error") else "")
+        return (before + "So the probe sets `VLLM_TARGET_DEVICE=cpu` (vLLM's own switch to "
+                "its CPU platform). After the model config, `create_engine_config()` (what "
+                f"`vllm serve` does next) gave: {said}.")
+    if engine == "sglang":
+        return ("Without a GPU, SGLang's resolution stops before the model config at: "
+                f"{said}; so each command was checked again with `--device cpu` added "
+                "(SGLang's own CPU device), and the table is that second run.")
+    return ""
 
 
 def row_from_json(data: dict[str, Any]) -> Row:
@@ -596,6 +627,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not rewrite docs/engines.md")
     parser.add_argument("--src", type=Path, default=None,
                         help="homellm's src/ folder to test (default: this checkout's)")
+    parser.add_argument("--src-commit", default="",
+                        help="with --src: the commit it was exported from, for the record")
     return parser.parse_args(argv)
 
 

@@ -114,18 +114,23 @@ def _row() -> object:
 
 
 def test_a_row_is_refused_if_any_replica_is_and_failed_if_one_has_no_answer() -> None:
-    ok = {"accepted": True, "stage": "", "error": "", "engine_config": "passed"}
+    ok = {"accepted": True, "stage": "", "error": "", "engine_config": "passed",
+          "max_model_len": 131072}
     bad = {"accepted": False, "stage": "model_config", "error": "ValueError: too long",
            "where": "vllm/config/model.py:2680"}
     row = _row()
     ea.fold(row, [ok, ok])
     assert row.status is ea.Status.ACCEPTED and row.engine_config == "passed"
+    assert row.engine_context == 131072
     row = _row()
     ea.fold(row, [ok, bad])
     assert (row.status, row.stage, row.message, row.where) == (
         ea.Status.REFUSED, "model_config", "ValueError: too long", "vllm/config/model.py:2680")
     row = _row()
     ea.fold(row, [ok, None])
+    assert row.status is ea.Status.PROBE_FAILED
+    row = _row()
+    ea.fold(row, [])
     assert row.status is ea.Status.PROBE_FAILED
 
 
@@ -147,11 +152,14 @@ def test_the_report_numbers_each_refusal_with_its_source_line() -> None:
     rows = [ea.Row(case, "replicas", "vllm", ea.Status.REFUSED, "ValueError: too long",
                    "model_config", "vllm/config/model.py:2680"),
             ea.Row(ea.Case("Qwen3-8B", "Qwen/Qwen3-8B", "1xrtx-pro-6000", 32768), "replicas",
-                   "vllm", ea.Status.ACCEPTED)]
+                   "vllm", ea.Status.ACCEPTED, engine_context=32768),
+            ea.Row(ea.Case("Qwen3-4B", "Qwen/Qwen3-4B", "1xrtx-pro-6000", 32768), "replicas",
+                   "vllm", ea.Status.ACCEPTED, engine_context=16384)]
     lines = ea.engine_table(rows)
     assert lines[0] == "| model | context | 1 GPU replicas |"
     assert "| Qwen3-8B | 128K | **REFUSED [1]** |" in lines
     assert "| Qwen3-8B | 32K | ok |" in lines
+    assert "| Qwen3-4B | 32K | ok, ctx 16,384 |" in lines
     assert lines[-1] == ("[1] refused: ValueError: too long (stage model_config, raised at "
                          "`vllm/config/model.py:2680`)")
 
