@@ -115,7 +115,7 @@ def _bounded(body: Any) -> None:
     if not isinstance(body, dict):
         return
     for field in ("max_tokens", "max_completion_tokens"):
-        if type(body.get(field)) is int and body[field] > MAX_TOKENS:
+        if type(body.get(field)) in (int, float) and body[field] > MAX_TOKENS:
             body[field] = MAX_TOKENS
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = MAX_TOKENS

@@ -211,6 +211,8 @@ class FakeBackend:
             writer.write(_error(400, "fake backend: 'prompt' is required"))
             return True
         limit = request.get("max_completion_tokens") or request.get("max_tokens") or self.tokens
+        if type(limit) is float and limit.is_integer():  # 2.0, as engines' int() takes it
+            limit = int(limit)
         if type(limit) is not int or limit < 1:  # as engines do: 400, never a crash
             writer.write(_error(400, "fake backend: max_tokens must be an integer of 1 or more"))
             return True

@@ -176,6 +176,6 @@ def held_tokens(payload: dict[str, object]) -> int:
     """What a request may cost before its usage is known: its completion-token cap."""
     for field in ("max_completion_tokens", "max_tokens"):
         value = payload.get(field)
-        if type(value) is int and value > 0:
-            return value
+        if (type(value) is int or type(value) is float) and value > 0:
+            return int(value)  # validated: a float here is a whole number (2.0)
     return 0

@@ -9,6 +9,11 @@ per chunk is two float stores.
 Response headers go to the client only once the first complete upstream SSE event (or, without
 streaming, the whole upstream body) is in hand; until then any backend failure is retried on the
 next backend. After that a failure ends the client's stream with an OpenAI-style error event.
+
+Only a backend that did not answer (refused, dropped, timed out, empty) is a passive failure. An
+engine's error answer goes back in OpenAI's shape with its own message (engine_errors.py): a 4xx
+at once; a 5xx after one retry on a peer, and it counts against the backend only when the peer
+serves the request (else the request is at fault, and no client can eject a backend).
 """
 
 from __future__ import annotations

@@ -119,10 +119,12 @@ class Int(Rule):
         self.minimum, self.maximum = minimum, maximum
 
     def _accepts_type(self, value: Any) -> bool:
-        return type(value) is int
+        return type(value) is int or (type(value) is float and value.is_integer())
 
     def _check(self, value: Any, param: str) -> Violation | None:
-        if type(value) is not int:  # bool is a subclass of int, and not an integer in JSON
+        # bool is a subclass of int, and not an integer in JSON; 2.0 is one (JSON Schema says
+        # so, and engines' int() takes it)
+        if type(value) is not int and not (type(value) is float and value.is_integer()):
             return Violation(param, f"{param} must be an integer, not {_kind(value)}",
                              INVALID_TYPE)
         if (self.minimum is not None and value < self.minimum) or (
@@ -318,7 +320,8 @@ class AnyOf(Rule):
                 violation = rule.check(value, param)
                 if violation is None:
                     return None
-                if best is None or len(violation.param) >= len(best.param):
+                if best is None or (len(violation.param), violation.param) > (
+                        len(best.param), best.param):
                     best = violation  # the alternative that got furthest into the value
         return best or Violation(param, f"{param} must be {self.description}, "
                                   f"not {_kind(value)}", INVALID_TYPE)
