@@ -60,6 +60,7 @@ class Status(StrEnum):
     REFUSED = "refused"                  # the engine's own code raised
     NOTHING_FITS = "nothing-fits"        # plan serve: no layout fits, nothing written
     NOT_OFFERED = "not-offered"          # this layout does not fit; plan serve does not offer it
+    PLAN_REFUSED = "plan-refuses"        # plan serve itself refuses the case (exit 2)
     HOMELLM_REFUSED = "homellm-refused"  # plan serve --write or check refused its own plan
     PROBE_FAILED = "probe-failed"        # the probe gave no answer (crash, timeout)
     NO_ENGINE = "no-engine"              # the engine's venv is not installed
@@ -95,6 +96,7 @@ class Row:
     commands: list[list[str]] = field(default_factory=list)   # argv after the engine's head
     engine_config: str = ""          # how far create_engine_config got on CPU
     engine_context: int = 0          # the context the engine's model config settled on
+    rope: str = ""                   # the RoPE scaling the engine's model config holds
     homellm_notes: list[str] = field(default_factory=list)    # defects seen on the way
 
     def to_json(self) -> dict[str, Any]:
@@ -154,14 +156,17 @@ def one_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def plan_json(case: Case, env: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
-    """``plan serve --json`` for the case; (plan, "") or (None, homellm's error line)."""
+def plan_json(case: Case, env: dict[str, str]) -> tuple[dict[str, Any] | None, str, Status]:
+    """``plan serve --json`` for the case: (plan, "", ...) or (None, homellm's error line,
+    PLAN_REFUSED for its usage/config refusal (exit 2), else HOMELLM_REFUSED)."""
     done = homellm("plan", "serve", case.model, "--gpus", case.gpus, "--context",
                    str(case.context), "--json", env=env)
     try:
-        return json.loads(done.stdout), ""
+        return json.loads(done.stdout), "", Status.ACCEPTED
     except ValueError:
-        return None, f"plan serve exit {done.returncode}: {one_line(done.stderr + done.stdout)}"
+        error = f"plan serve exit {done.returncode}: {one_line(done.stderr + done.stdout)}"
+        refused = Status.PLAN_REFUSED if done.returncode == 2 else Status.HOMELLM_REFUSED
+        return None, error, refused
 
 
 def offered_layouts(plan: dict[str, Any]) -> list[str]:
@@ -310,6 +315,17 @@ def run_probe(engine: str, jobs: list[dict[str, Any]], log: Path, timeout_s: flo
     return parse_probe_output(out)
 
 
+def rope_text(rope: Any) -> str:
+    """``{"rope_type": "yarn", "factor": 4.0, ...}`` -> "yarn ×4"; "" for none or default."""
+    if not isinstance(rope, dict):
+        return ""
+    kind = rope.get("rope_type") or rope.get("type") or ""
+    if kind in ("", "default"):
+        return ""
+    factor = rope.get("factor")
+    return f"{kind} ×{factor:g}" if isinstance(factor, int | float) else str(kind)
+
+
 def fold(row: Row, results: list[dict[str, Any] | None]) -> None:
     """A row's status from its replicas' probe results: refused if any was refused."""
     if not results or any(r is None for r in results):
@@ -319,6 +335,7 @@ def fold(row: Row, results: list[dict[str, Any] | None]) -> None:
         assert result is not None
         row.engine_config = result.get("engine_config") or result.get("without_device", "")
         row.engine_context = int(result.get("max_model_len") or result.get("context_len") or 0)
+        row.rope = rope_text(result.get("rope"))
         if not result["accepted"]:
             row.status, row.stage = Status.REFUSED, result["stage"]
             row.message, row.where = result["error"], result.get("where", "")
@@ -333,9 +350,9 @@ def case_rows(case: Case, folder: Path, work: Path, env: dict[str, str], engines
               layout_option: bool) -> list[Row]:
     """Plan, write and check one case: a row per layout and engine, each row's commands
     ready for the probe (status PROBE_FAILED until it answers) or its verdict already."""
-    plan, error = plan_json(case, env)
+    plan, error, status = plan_json(case, env)
     if plan is None:
-        return [Row(case, "", e, Status.HOMELLM_REFUSED, error) for e in engines]
+        return [Row(case, "", e, status, error) for e in engines]
     layouts = offered_layouts(plan)
     if not layouts:
         return [Row(case, "", e, Status.NOTHING_FITS, plan.get("reason", "")) for e in engines]
@@ -506,17 +523,21 @@ def counts(rows: list[Row]) -> dict[str, dict[str, int]]:
 
 _CELL = {Status.ACCEPTED: "ok", Status.NOTHING_FITS: "no fit", Status.NOT_OFFERED: "—",
          Status.NO_ENGINE: "n/a"}
+_LOUD = (Status.REFUSED, Status.HOMELLM_REFUSED, Status.PROBE_FAILED)  # defects: bold
 
 
 def cell(row: Row, notes: dict[str, int]) -> str:
-    if row.status is Status.ACCEPTED and row.engine_context != row.case.context:
-        text = f"ok, ctx {row.engine_context:,}"  # the engine settled on another context
+    if row.status is Status.ACCEPTED:
+        text = "ok" + (f", {row.rope}" if row.rope else "")
+        if row.engine_context != row.case.context:  # the engine settled on another context
+            text += f", ctx {row.engine_context:,}"
     elif row.status in _CELL:
         text = _CELL[row.status]
     else:
         words = f"{row.status.value}: {row.message}"
         number = notes.setdefault(words, len(notes) + 1)
-        text = f"**{'REFUSED' if row.status is Status.REFUSED else row.status.value} [{number}]**"
+        name = "REFUSED" if row.status is Status.REFUSED else row.status.value
+        text = f"**{name} [{number}]**" if row.status in _LOUD else f"{name} [{number}]"
     return text + (" (src)" if row.homellm_notes else "")
 
 
@@ -566,8 +587,10 @@ def render_section(record: dict[str, Any]) -> str:
              f"Full record: `{record.get('json_path', 'benchmarks/results/engine_acceptance/')}`."
              " \"ok\": the engine's own argument parser and model-config validation took every "
              "replica's command; \"no fit\": plan serve found no layout and wrote nothing; "
-             "\"—\": that layout does not fit, so it is not offered; \"(src)\": the written "
-             "`source` was not the repo id (set right to go on).", ""]
+             "\"—\": that layout does not fit, so it is not offered; \"plan-refuses\": plan "
+             "serve itself refuses the context in one line (exit 2); \"yarn ×4\": the RoPE "
+             "scaling the engine's model config holds; \"(src)\": the written `source` was not "
+             "the repo id (set right to go on). Counts are stack files (one per layout).", ""]
     for engine, version in record["versions"].items():
         mine = [r for r in rows if r.engine == engine]
         counted = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].get(engine,

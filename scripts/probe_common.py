@@ -79,6 +79,16 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def rope_of(config: Any) -> Any:
+    """The RoPE scaling a transformers config holds (``rope_parameters`` in transformers 5,
+    ``rope_scaling`` before), JSON-able; None if it has neither."""
+    for name in ("rope_parameters", "rope_scaling"):
+        value = getattr(config, name, None)
+        if isinstance(value, dict) and value:
+            return {k: v for k, v in value.items() if isinstance(v, str | int | float | bool)}
+    return None
+
+
 class Stages:
     """Runs a job's stages in order, recording the first that raises."""
 

@@ -28,7 +28,7 @@ from contextlib import redirect_stderr
 from typing import Any
 
 import sglang
-from probe_common import Stages, serve_jobs
+from probe_common import Stages, rope_of, serve_jobs
 
 SGLANG_DIR = os.path.dirname(sglang.__file__)
 NO_ACCELERATOR = "No accelerator"  # sglang/srt/utils/common.py, get_device()
@@ -73,7 +73,8 @@ def probe(argv: list[str]) -> dict[str, Any]:
         return result
     result.update(accepted=True, context_len=model_config.context_len,
                   architectures=list(getattr(model_config.hf_config, "architectures", None)
-                                     or []))
+                                     or []),
+                  rope=rope_of(getattr(model_config, "hf_text_config", model_config.hf_config)))
     return result
 
 

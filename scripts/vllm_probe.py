@@ -37,7 +37,7 @@ if os.environ.get("VLLM_PROBE_PLATFORM", "cpu") == "cpu":
     os.environ["VLLM_TARGET_DEVICE"] = "cpu"
 
 import vllm
-from probe_common import Stages, serve_jobs
+from probe_common import Stages, rope_of, serve_jobs
 
 VLLM_DIR = os.path.dirname(vllm.__file__)
 
@@ -89,7 +89,8 @@ def probe(argv: list[str]) -> dict[str, Any]:
     if model_config is None:
         return result
     result.update(accepted=True, max_model_len=model_config.max_model_len,
-                  architectures=list(model_config.architectures or []))
+                  architectures=list(model_config.architectures or []),
+                  rope=rope_of(model_config.hf_text_config))
     engine: dict[str, Any] = {}
     config = stages.run("engine_config", lambda: engine_args.create_engine_config(
         usage_context=UsageContext.OPENAI_API_SERVER), into=engine)

@@ -134,6 +134,28 @@ def test_a_row_is_refused_if_any_replica_is_and_failed_if_one_has_no_answer() ->
     assert row.status is ea.Status.PROBE_FAILED
 
 
+def test_rope_scaling_is_shown_by_kind_and_factor() -> None:
+    assert ea.rope_text({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}) == "yarn ×4"
+    assert ea.rope_text({"rope_type": "llama3", "factor": 8.0}) == "llama3 ×8"
+    assert ea.rope_text({"rope_type": "default", "rope_theta": 1e6}) == ""
+    assert ea.rope_text({"rope_theta": 1e6, "rope_type": "yarn", "type": "default",
+                         "factor": 3.25}) == "yarn ×3.25"   # SGLang's record keeps both keys
+    assert ea.rope_text(None) == ""
+    row = _row()
+    ea.fold(row, [{"accepted": True, "max_model_len": 131072,
+                   "rope": {"rope_type": "yarn", "factor": 4.0}}])
+    assert ea.cell(row, {}) == "ok, yarn ×4"
+
+
+def test_a_plan_that_refuses_is_told_apart_from_a_defect() -> None:
+    notes: dict[str, int] = {}
+    case = ea.Case("Qwen3-0.6B", "Qwen/Qwen3-0.6B", "1xrtx-pro-6000", 131072)
+    planned = ea.Row(case, "", "vllm", ea.Status.PLAN_REFUSED, "plan serve exit 2: beyond")
+    broken = ea.Row(case, "replicas", "vllm", ea.Status.HOMELLM_REFUSED, "check exit 2: x")
+    assert ea.cell(planned, notes) == "plan-refuses [1]"
+    assert ea.cell(broken, notes) == "**homellm-refused [2]**"
+
+
 def test_the_doc_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
     doc = tmp_path / "engines.md"
     doc.write_text("# Engines\n\nbefore\n", "utf-8")
