@@ -573,7 +573,7 @@ def engine_table(rows: list[Row]) -> list[str]:
         lines.append("")
     for words, number in notes.items():
         stage, where = wheres.get(words, ("", ""))
-        at = f" (stage {stage}, raised at `{where}`)" if where else ""
+        at = f" (stage {stage}, raised at {code(where)})" if where else ""
         lines.append(f"[{number}] {words}{at}")
     return lines
 
@@ -591,6 +591,15 @@ def render_section(record: dict[str, Any]) -> str:
              "serve itself refuses the context in one line (exit 2); \"yarn ×4\": the RoPE "
              "scaling the engine's model config holds; \"(src)\": the written `source` was not "
              "the repo id (set right to go on). Counts are stack files (one per layout).", ""]
+    before = record.get("before")
+    if before:
+        said = "; ".join(f"{engine}: " + ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
+                         for engine, c in before["counts"].items())
+        refused = dict.fromkeys(f"{r['case']['model']} {r['case']['context'] // 1024}K"
+                                for r in before["rows"] if r["status"] == Status.REFUSED)
+        lines += [f"The same matrix against commit {before['git']} ({before['date']}, "
+                  f"`{before['json_path']}`): {said}. Refused: {', '.join(refused) or 'none'}.",
+                  ""]
     for engine, version in record["versions"].items():
         mine = [r for r in rows if r.engine == engine]
         counted = ", ".join(f"{n} {s}" for s, n in sorted(record["counts"].get(engine,
@@ -602,15 +611,21 @@ def render_section(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def code(text: Any) -> str:
+    """``text`` as inline Markdown code (an engine message may hold backticks itself)."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
 def platform_note(engine: str, rows: list[Row], record: dict[str, Any]) -> str:
     """How far the engine's own code got on this machine without a GPU, and how."""
     stops = sorted({r.engine_config for r in rows if r.engine_config})
-    said = "; ".join(f"`{s}`" for s in stops) or "not reached"
+    said = "; ".join(code(s) for s in stops) or "not reached"
     if engine == "vllm":
         native = record.get("vllm_native_platform") or {}
         before = (f"On the platform it detects by itself ({native.get('platform', '?')}) vLLM "
-                  f"stops at stage `{native.get('stage', '?')}`: `{native.get('error', '?')}` "
-                  f"(`{native.get('where', '?')}`). " if native.get("error") else "")
+                  f"stops at stage {code(native.get('stage', '?'))}: "
+                  f"{code(native.get('error', '?'))} ({code(native.get('where', '?'))}). "
+                  if native.get("error") else "")
         return (before + "So the probe sets `VLLM_TARGET_DEVICE=cpu` (vLLM's own switch to "
                 "its CPU platform). After the model config, `create_engine_config()` (what "
                 f"`vllm serve` does next) gave: {said}.")
@@ -650,6 +665,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not rewrite docs/engines.md")
     parser.add_argument("--src", type=Path, default=None,
                         help="homellm's src/ folder to test (default: this checkout's)")
+    parser.add_argument("--render", type=Path, default=None, metavar="RECORD",
+                        help="only rewrite the docs section from a stored record's JSON")
+    parser.add_argument("--before", type=Path, default=None, metavar="RECORD",
+                        help="with --render: also summarise this earlier record")
     parser.add_argument("--src-commit", default="",
                         help="with --src: the commit it was exported from, for the record")
     return parser.parse_args(argv)
@@ -665,8 +684,22 @@ def iter_refusals(record: dict[str, Any]) -> Iterator[str]:
                    f"{row['where']}")
 
 
+def stored_record(path: Path) -> dict[str, Any]:
+    record = json.loads(path.read_text("utf-8"))
+    where = path.resolve()
+    record["json_path"] = str(where.relative_to(ROOT)) if where.is_relative_to(ROOT) else str(path)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
-    record = run(parse_args(argv))
+    args = parse_args(argv)
+    if args.render is not None:  # the doc section again from a stored record, no engine run
+        record = stored_record(args.render)
+        if args.before is not None:
+            record["before"] = stored_record(args.before)
+        update_doc(DOC, render_section(record))
+        return 0
+    record = run(args)
     print(json.dumps(record["counts"]))
     for line in iter_refusals(record):
         print(line)

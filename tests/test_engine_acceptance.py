@@ -309,6 +309,26 @@ def test_homellm_plan_write_and_check_give_the_commands_to_probe(tmp_path: Path,
     assert vllm[0].status is ea.Status.ACCEPTED
 
 
+def test_render_rewrites_the_section_from_a_stored_record(tmp_path: Path, monkeypatch) -> None:
+    case = ea.Case("Qwen3-8B", "Qwen/Qwen3-8B", "1xrtx-pro-6000", 131072)
+    row = ea.Row(case, "replicas", "vllm", ea.Status.REFUSED, "ValueError: `too` long",
+                 "model_config", "vllm/config/model.py:2680")
+    record = {"date": "2026-12-02T1500Z", "homellm": "0", "git": "abc", "versions":
+              {"vllm": "vllm 0.33.0"}, "counts": {"vllm": {"refused": 1}},
+              "vllm_native_platform": {}, "rows": [row.to_json()]}
+    stored = tmp_path / "record.json"
+    stored.write_text(json.dumps(record), "utf-8")
+    doc = tmp_path / "engines.md"
+    doc.write_text("# Engines\n", "utf-8")
+    monkeypatch.setattr(ea, "DOC", doc)
+    assert ea.main(["--render", str(stored)]) == 0
+    text = doc.read_text("utf-8")
+    assert "**vllm 0.33.0**: 1 refused." in text
+    assert "| Qwen3-8B | 128K | **REFUSED [1]** |" in text
+    assert "[1] refused: ValueError: `too` long (stage model_config, raised at " \
+           "`vllm/config/model.py:2680`)" in text
+
+
 def test_the_docs_reproduce_command_is_the_scripts() -> None:
     text = (ROOT / "docs" / "engines.md").read_text("utf-8")
     if ea.MARK_START not in text:
