@@ -161,6 +161,9 @@ def test_transformers_max_context_is_a_warning_not_an_error(tmp_path: Path) -> N
     assert (warning["file"], warning["line"], warning["field"]) == (str(stack), 5,
                                                                     "models.a.max_context")
     assert warning["message"].startswith("transformers serve has no context-length limit")
+    # a window the context fits in: no long-context warning either
+    (tmp_path / "config.json").write_text('{"model_type": "llama", '
+                                          '"max_position_embeddings": 8192}')
     stack.write_text(f"models:\n  a:\n    source: {tmp_path}\n    engine: vllm\n"
                      "    max_context: 4096\n    replicas: [{gpus: [0]}]\n")
     quiet = _homellm("check", "-c", str(stack), "--json")

@@ -220,6 +220,27 @@ def test_check_refuses_a_local_model_without_a_recipe(tmp_path: Path) -> None:
     assert "window (2,048 tokens" in lines[0] and "set max_context to 2048 or less" in lines[0]
 
 
+def test_check_refuses_rope_scaling_that_transformers_serve_cannot_be_given(
+        tmp_path: Path) -> None:
+    """Qwen3 has a recipe for 131072, but transformers serve takes no override: refused,
+    naming the engines that get it; within the window it is only the not-enforced warning."""
+    stack = tmp_path / "homellm.yaml"
+    text = ("models:\n  q:\n    source: Qwen/Qwen3-30B-A3B\n    engine: transformers\n"
+            "    max_context: {ctx}\n    replicas: [{{gpus: [0]}}, {{gpus: [1], engine: vllm,"
+            " role: backup}}]\n")
+    stack.write_text(text.format(ctx=131072))
+    done = homellm("check", "-c", str(stack), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"{stack}:5: models.q.max_context:" in lines[0]
+    assert "transformers serve cannot" in lines[0] and "set max_context to 40960" in lines[0]
+    stack.write_text(text.format(ctx=40960))
+    done = homellm("check", "-c", str(stack), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "not enforced" in done.stderr
+
+
 def test_the_readme_stack_example_checks_with_the_rope_override(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)

@@ -378,22 +378,33 @@ def load_stack(path: str | Path, check_sources: bool = True) -> StackConfig:
                                   "not found")
         if model.max_context:
             line = lines.get(("models", name, "max_context"), 1)
+            runs = [(r.source or model.source, r.engine or model.engine) for r in model.replicas
+                    if r.url is None]
             check_long_context(f"{file}:{line}: models.{name}.max_context",
-                               model.max_context, [h.source for _, h in holders])
+                               model.max_context, runs)
     return stack
 
 
-def check_long_context(where: str, context: int, sources: list[str]) -> None:
+def check_long_context(where: str, context: int, runs: list[tuple[str, str]]) -> None:
     """Refuse a context beyond a model's window that its authors document no rope scaling for
-    (:mod:`homellm.longcontext`); an unknown window (a hub id neither cached nor in the
-    catalog) is left to the engine."""
-    for source in dict.fromkeys(sources):
+    (:mod:`homellm.longcontext`), or that needs rope scaling on an engine that cannot be given
+    it (``transformers serve`` takes no config override); an unknown window (a hub id neither
+    cached nor in the catalog) is left to the engine. ``runs``: (source, engine) per replica."""
+    for source, engine in dict.fromkeys(runs):
         window = window_for_source(source)
+        if window is None:
+            continue
         try:
-            if window is not None:
-                extension_for(window, context)
+            extension = extension_for(window, context)
         except LongContextError as exc:
             raise ConfigError(f"{where}: {exc.problem}") from None
+        if extension is not None and engine == "transformers":
+            raise ConfigError(
+                f"{where}: {context} is beyond the model's window ({window.native}) and needs "
+                f"YaRN ×{extension.factor:g}, which transformers serve cannot be given on its "
+                f"command line; set max_context to {window.native} or less, serve it with "
+                "vllm or sglang (homellm adds the rope scaling), or add rope_parameters to "
+                "the model's config.json")
 
 
 def is_loopback(host: str) -> bool:
