@@ -138,6 +138,7 @@ def test_real_engines_fuzzed_from_the_published_schema(case: schemathesis.Case,
 
 def test_after_the_fuzz_the_pool_is_whole(two_replica_stack: UpProcess) -> None:
     total = sum(STATUSES.values())
+    print(f"fuzzed real engines: {total} requests, by status {dict(sorted(STATUSES.items()))}")
     assert total >= 500, STATUSES
     assert STATUSES[500] == 0 and STATUSES[503] == 0, STATUSES
     assert STATUSES[200] > 0 and STATUSES[400] > 0, STATUSES  # both kinds really reached it
