@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 from homellm.config import ModelConfig, ReplicaConfig
-from homellm.engines.base import EngineAdapter, FalseFlags, LaunchSpec, render_engine_args
+from homellm.engines.base import (
+    OPENAI_ROUTES,
+    EngineAdapter,
+    FalseFlags,
+    LaunchSpec,
+    render_engine_args,
+)
 from homellm.engines.rope import rope_extension
 from homellm.errors import EngineError
 from homellm.longcontext import RopeExtension
@@ -80,11 +86,16 @@ class LlamaCppAdapter(EngineAdapter):
                                       replica.gpus if offload else [], rope)
             health_path = "/v1/models"  # no /health; uvicorn starts after the model has loaded
         base = f"http://{_url_host(replica.host)}:{port}"
+        # both servers embed only when started for it: llama-server answers /v1/embeddings with
+        # 501 "Start it with --embeddings", llama_cpp.server's create_embedding raises (a 500)
+        # unless --embedding True
+        embeds = any(model.engine_args.get(a) for a in ("embedding", "embeddings"))
         return LaunchSpec(
             model=model_name, replica=f"{model_name}/{index}", role=replica.role, argv=argv,
             env=self.cuda_env(replica.gpus), base_url=base, health_url=base + health_path,
             upstream_model=model_name,  # the alias we set; both servers answer to it
             engine=self.name, gpus=list(replica.gpus),
+            routes=OPENAI_ROUTES if embeds else ("/v1/chat/completions", "/v1/completions"),
         )
 
     def arg_flag(self, name: str, value: str | int | float | bool | None) -> str | None:
