@@ -7,7 +7,9 @@ from pathlib import Path
 
 from homellm.config import ModelConfig, ReplicaConfig
 from homellm.engines.llamacpp import LlamaCppAdapter
+from homellm.engines.sglang import SglangAdapter
 from homellm.engines.transformers import TransformersAdapter
+from homellm.engines.vllm import VllmAdapter
 from homellm.up import backends_of
 from tests.gateway.conftest import MODEL, Harness, info
 
@@ -30,6 +32,21 @@ def test_adapters_declare_their_routes_and_up_passes_them_on(tmp_path: Path) -> 
     plain = adapter.launch("g", model(gguf, "llamacpp"), replica, 0, 1)
     embeds = adapter.launch("g", model(gguf, "llamacpp", embedding=True), replica, 0, 1)
     assert plain.routes == CHAT_ONLY and embeds.routes == ALL
+
+
+def test_vllm_and_sglang_serve_chat_or_embeddings_by_their_runner(tmp_path: Path) -> None:
+    """A generating vLLM/SGLang model answers /v1/embeddings with an error; a pooling one
+    (runner: pooling / is_embedding) serves only embeddings."""
+    (tmp_path / "config.json").write_text('{"model_type": "llama", '
+                                          '"max_position_embeddings": 4096}')
+    replica = ReplicaConfig(role="primary", port=8101, gpus=[0])
+    for adapter, pooling in ((VllmAdapter(), {"runner": "pooling"}),
+                             (SglangAdapter(), {"is_embedding": True})):
+        for args, routes in (({}, CHAT_ONLY), (pooling, ("/v1/embeddings",))):
+            model = ModelConfig(source=str(tmp_path), engine=adapter.name, engine_args=args,
+                                replicas=[replica])
+            spec = adapter.launch("m", model, replica, 0, 8101)
+            assert backends_of([spec])[0].routes == routes, (adapter.name, args)
 
 
 def test_a_route_one_replica_lacks_is_404_and_unadvertised(harness: Harness) -> None:

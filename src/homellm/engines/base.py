@@ -12,6 +12,7 @@ from homellm.errors import ConfigError
 #: the OpenAI routes an engine serves unless its adapter names fewer (the gateway forwards and
 #: advertises only the routes a model's engines serve)
 OPENAI_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+EMBEDDINGS_ROUTE = "/v1/embeddings"
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,17 @@ class ServedModelAdapter(EngineAdapter):
         warning = unknown_window_warning(model, self.name)
         return [("max_context", warning)] if warning else []
 
+    @abstractmethod
+    def serves_embeddings(self, engine_args: dict[str, object]) -> bool:
+        """The engine runs the model as an embedding (pooling) model: /v1/embeddings only."""
+
+    def served_routes(self, model: ModelConfig) -> tuple[str, ...]:
+        """A generating model serves chat and completions; a pooling one embeddings (the
+        engines answer the other routes with an error, so the gateway does not forward them)."""
+        if self.serves_embeddings(model.engine_args):
+            return (EMBEDDINGS_ROUTE,)
+        return tuple(r for r in OPENAI_ROUTES if r != EMBEDDINGS_ROUTE)
+
     def launch(self, model_name: str, model: ModelConfig, replica: ReplicaConfig,
                index: int, port: int) -> LaunchSpec:
         argv = [*self.head_argv(model, replica, port), "--served-model-name", model_name]
@@ -189,4 +201,5 @@ class ServedModelAdapter(EngineAdapter):
             model=model_name, replica=f"{model_name}/{index}", role=replica.role, argv=argv,
             env=self.cuda_env(replica.gpus), base_url=base, health_url=f"{base}/health",
             upstream_model=model_name, engine=self.name, gpus=list(replica.gpus),
+            routes=self.served_routes(model),
         )

@@ -34,5 +34,10 @@ class SglangAdapter(ServedModelAdapter):
         return [*self._cli(), "--model-path", model.source, "--host", replica.host,
                 "--port", str(port)]
 
+    def serves_embeddings(self, engine_args: dict[str, object]) -> bool:
+        # sglang 0.5.23 routes /v1/embeddings always (srt/entrypoints/http_server.py) but only
+        # an --is-embedding model answers it, and such a model does not generate
+        return bool(engine_args.get("is_embedding"))
+
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         return [*self._cli(), "--help"]

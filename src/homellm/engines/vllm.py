@@ -39,6 +39,13 @@ class VllmAdapter(ServedModelAdapter):
     def head_argv(self, model: ModelConfig, replica: ReplicaConfig, port: int) -> list[str]:
         return [*self._cli(), "serve", model.source, "--host", replica.host, "--port", str(port)]
 
+    def serves_embeddings(self, engine_args: dict[str, object]) -> bool:
+        # vLLM 0.33 registers chat and completions for the generate runner and /v1/embeddings
+        # for the pooling one (entrypoints/openai/launchers/api_server/routers.py,
+        # pooling/factories.py); `--runner auto` picks pooling only for embedding
+        # architectures, which a stack file names with runner: pooling
+        return engine_args.get("runner") == "pooling"
+
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         # plain --help lists only groups in recent releases; =all prints every flag
         return [*self._cli(), "serve", "--help=all"]
