@@ -37,12 +37,15 @@ _ERRORS = {
     "401": "missing or wrong API key",
     "403": "the key may not use this model",
     "404": "no such model, or the model's engine does not serve this route",
+    "408": "the request's headers or body did not arrive in time "
+           "(gateway.clients.header_timeout_s, body_timeout_s)",
     "413": "the body is larger than gateway.limits.max_body_bytes",
     "422": "the engine refused the request (its own message), e.g. a field it does not know",
     "429": "over a limit of the key or of the gateway; see Retry-After",
     "500": "the engine failed on this request, on every backend tried (its own message)",
     "502": "the backend failed (connection refused or dropped, an empty answer)",
-    "503": "no healthy backend for the model, or the engines answered 503",
+    "503": "no healthy backend for the model, the engines answered 503, or the gateway is at "
+           "gateway.clients.max_connections",
     "504": "the backend sent no (next) token in time",
 }
 _PROXY_PATHS = {  # path → (operationId, streams)
