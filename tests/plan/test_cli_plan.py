@@ -75,6 +75,27 @@ def test_plan_serve_json_explain_and_write(tmp_path: Path) -> None:
     assert "source: vLLM" in text
 
 
+def test_plan_serve_writes_the_layout_asked_for(tmp_path: Path) -> None:
+    """--layout tp --write writes one TP=2 replica (not the recommended two replicas), which
+    check accepts; a layout that does not exist, or --layout without --write, is refused."""
+    stack = tmp_path / "tp.yaml"
+    done = homellm("plan", "serve", "qwen3-30b-a3b", "--gpus", "2xrtx-pro-6000", "--context",
+                   "131072", "--write", str(stack), "--layout", "tp", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (replica,) = load_stack(stack, check_sources=False).models["qwen3-30b-a3b"].replicas
+    assert replica.gpus == [0, 1]
+    checked = homellm("check", "-c", str(stack), "--json", home=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    argv = json.loads(checked.stdout)["replicas"][0]["command"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    for bad in (("--layout", "tpx", "--write", str(tmp_path / "x.yaml")), ("--layout", "tp")):
+        refused = homellm("plan", "serve", "qwen3-30b-a3b", "--gpus", "2xrtx-pro-6000", *bad,
+                          home=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert "--layout" in refused.stdout + refused.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
 def test_plan_serve_says_what_does_not_fit(tmp_path: Path) -> None:
     done = homellm("plan", "serve", "llama-3.1-70b", "--gpus", "rtx-pro-6000", home=tmp_path)
     assert done.returncode == 1  # the plan ran; its answer is no (issue 13)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from homellm.cliutil import fail
-from homellm.errors import HomellmError
+from homellm.errors import ConfigError, HomellmError
 
 plan_app = typer.Typer(help="What fits on which GPUs, which layout, how fast, how long and how "
                             "costly; every figure can show its working (--explain).",
@@ -57,6 +57,8 @@ def serve(
     gpu_memory_utilization: Annotated[float, Opt(help="vLLM's budget fraction")] = 0.9,
     write: Annotated[Path | None, Opt(help="write a stack file for the recommended layout")]
     = None,
+    layout: Annotated[str | None, Opt(help="with --write: write this layout (replicas, tp or "
+                                          "pp) instead of the recommended one")] = None,
     standby: Annotated[bool, Opt("--standby", help="with --write and replicas: the second GPU "
                                                    "as a backup (active-standby) instead of a "
                                                    "second primary")] = False,
@@ -80,8 +82,10 @@ def serve(
                           prompt=prompt, kv_cache_dtype=kv_cache_dtype, prefer=prefer,
                           window=window_for_source(model))
         if write is not None and plan.fits:
-            write_stack(write, plan, source=stack_source(model),
+            write_stack(write, plan, source=stack_source(model), layout=layout,
                         mode="active-standby" if standby else "active-active")
+        elif layout is not None and write is None:
+            raise ConfigError("--layout: only with --write (it chooses the layout to write)")
     except HomellmError as exc:
         raise fail(console, exc) from None
     nothing_fits = NothingFitsError(
@@ -287,7 +291,6 @@ def calibrate(
     """Fit the planner's efficiency factors to your measurements and store them; later plans
     for this GPU and engine use and cite them. Bench results fit the serve factors; a training
     run folder (with metrics.jsonl) fits the training MFU (engine homellm-train)."""
-    from homellm.errors import ConfigError
     from homellm.plan.calibration import (
         TRAIN_ENGINE,
         Fitted,
