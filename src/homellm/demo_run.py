@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from homellm.demo import build_demo_model, demo_model_info, demo_snippets, demo_
 from homellm.drill import DrillReport, run_drill
 from homellm.engines.registry import port_is_free
 from homellm.fsutil import atomic_write_text, homellm_home
-from homellm.up import running_stack, wait_for_signal
+from homellm.up import STOP_EXIT_CODES, running_stack, wait_for_signal
 
 
 def _free_gateway_port(preferred: int) -> int:
@@ -73,7 +74,8 @@ async def run_demo(console: Console, port: int = 8080, exit_after_drill: bool = 
         if exit_after_drill:
             return 0 if report.passed else 1
         console.print(f"serving on {running.url} until Ctrl-C")
-        await wait_for_signal()
+        received = await wait_for_signal()
         console.print("stopping engines")
-    return 0 if report.passed else 1
+    # a failed drill is the result that matters; otherwise up's rule (SIGTERM 0, Ctrl-C 130)
+    return STOP_EXIT_CODES[signal.Signals(received)] if report.passed else 1
 

@@ -1,11 +1,14 @@
-"""`homellm demo --exit-after-drill`: the README's first command, end to end (real engines)."""
+"""`homellm demo`: the README's first command, end to end (real engines)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,15 +19,31 @@ from tests.e2e.conftest import engine_pids
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_the_failover_drill(tmp_path: Path) -> None:
+def test_demo_runs_the_failover_drill_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    """The README's `homellm demo` (with --json to read the drill): the drill passes, it serves
+    until Ctrl-C, and Ctrl-C exits 130 as `up` does, leaving no engine behind."""
     env = {**os.environ, "HOMELLM_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
-    done = subprocess.run(
-        [sys.executable, "-m", "homellm.cli", "demo", "--exit-after-drill", "--json",
-         "--port", str(free_port())],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    report = json.loads(next(line for line in done.stdout.splitlines()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "homellm.cli", "demo", "--json", "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    assert demo.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()  # the demo prints as it goes; it serves once it says "until Ctrl-C"
+    try:
+        deadline = time.monotonic() + 300
+        while not any("until Ctrl-C" in line for line in list(lines)):
+            assert demo.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert demo.returncode == 130, output
+    report = json.loads(next(line for line in output.splitlines()
                              if line.startswith('{"model"')))
     assert report["passed"] is True
     assert report["failed_before_first_byte"] == 0
