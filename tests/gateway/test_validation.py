@@ -15,15 +15,8 @@ from schemathesis.openapi import from_dict
 from homellm.gateway.backends import PROXY_PATHS
 from homellm.gateway.engine_errors import engine_error
 from homellm.gateway.openapi import openapi_document
-from homellm.gateway.validation import (
-    CHAT,
-    COMPLETIONS,
-    EMBEDDINGS,
-    INVALID_TYPE,
-    INVALID_VALUE,
-    MISSING,
-    validate,
-)
+from homellm.gateway.rules import INVALID_TYPE, INVALID_VALUE, MISSING
+from homellm.gateway.validation import CHAT, COMPLETIONS, EMBEDDINGS, validate
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
