@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from homellm.config import ModelConfig, ReplicaConfig
 from homellm.engines.rope import rope_extension, unknown_window_warning, with_config_overrides
@@ -139,6 +140,9 @@ class EngineAdapter(ABC):
     @abstractmethod
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         """A command whose output lists every flag the installed engine accepts."""
+
+    #: added to the environment of that command (where not set already)
+    help_env: ClassVar[dict[str, str]] = {}
 
     def flags_to_check(self, spec: LaunchSpec) -> list[str]:
         """The ``--flags`` in the launch command (values and positionals left out)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 
@@ -14,14 +15,17 @@ _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w.-]*)")
 _help_cache: dict[tuple[str, ...], frozenset[str]] = {}
 
 
-def accepted_flags(help_argv: list[str], timeout_s: float = 180.0) -> frozenset[str]:
-    """Every ``--flag`` that appears in the engine's help text (cached per command)."""
-    key = tuple(help_argv)
+def accepted_flags(help_argv: list[str], timeout_s: float = 180.0,
+                   env: dict[str, str] | None = None) -> frozenset[str]:
+    """Every ``--flag`` that appears in the engine's help text (cached per command); ``env``
+    is added to the inherited environment, where the variable is not set already."""
+    added = {k: v for k, v in (env or {}).items() if k not in os.environ}
+    key = (*help_argv, *sorted(f"{k}={v}" for k, v in added.items()))
     if key in _help_cache:
         return _help_cache[key]
     try:
         done = subprocess.run(help_argv, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+                              check=False, env={**os.environ, **added} if added else None)
     except FileNotFoundError:
         raise EngineError(f"engine command not found: {help_argv[0]}") from None
     except subprocess.TimeoutExpired:
@@ -42,7 +46,7 @@ def preflight(spec: LaunchSpec) -> LaunchSpec:
     if spec.remote:
         return spec
     adapter = adapter_for(spec.engine)
-    flags = accepted_flags(adapter.help_argv(spec))
+    flags = accepted_flags(adapter.help_argv(spec), env=adapter.help_env)
     unknown = [f for f in adapter.flags_to_check(spec) if f not in flags]
     refused = [f for f in unknown if f not in spec.optional_flags]
     checked = f"checked with '{' '.join(adapter.help_argv(spec)[-3:])}'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from typing import ClassVar
 
 from homellm.config import ModelConfig, ReplicaConfig
 from homellm.engines.base import FalseFlags, LaunchSpec, ServedModelAdapter
@@ -45,6 +46,11 @@ class VllmAdapter(ServedModelAdapter):
         # pooling/factories.py); `--runner auto` picks pooling only for embedding
         # architectures, which a stack file names with runner: pooling
         return engine_args.get("runner") == "pooling"
+
+    # vllm serve --help needs a platform: on a machine without a GPU the CUDA wheel stops at
+    # "Failed to infer device type" (vllm/config/device.py). Its CPU platform builds the same
+    # parser, so the flags listed, and the check, are the same on every machine.
+    help_env: ClassVar[dict[str, str]] = {"VLLM_TARGET_DEVICE": "cpu"}
 
     def help_argv(self, spec: LaunchSpec) -> list[str]:
         # plain --help lists only groups in recent releases; =all prints every flag
