@@ -133,3 +133,18 @@ def test_report_compares_against_the_byte_baseline(tok_dir: Path, dataset: Datas
     data = json.loads(json.dumps(report.to_json()))
     assert data["split"] == "val" and len(data["rows"]) == 12
     assert "trained" in report.table() and "bytes/token" in report.table()
+
+
+def test_progress_is_bytes_read_of_the_train_split(tmp_path: Path, dataset: DatasetLayout,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("homellm.tokenizer.READ_REPORT_BYTES", 4096, raising=False)
+    calls: list[tuple[str, int, int | None]] = []
+    train_tokenizer(dataset, tmp_path / "t", vocab_size=400,
+                    progress=lambda *call: calls.append(call))
+    size = dataset.split_file("train").stat().st_size
+    read = [(done, total) for stage, done, total in calls if stage == "read"]
+    assert all(total == size for _, total in read)  # not the sample's 512 MiB cap
+    dones = [done for done, _ in read]
+    assert dones[0] == 0 and dones[-1] == size and dones == sorted(dones)
+    assert len(dones) > 2  # moves while reading, not only at the ends
+    assert calls[-1][0] == "train" and calls[-1][1] == calls[-1][2] > 0

@@ -58,6 +58,7 @@ CHATML_TEMPLATE = (
 DEFAULT_SAMPLE_BYTES = 512 << 20
 SAMPLE_UNIT_CHARS = 64 << 10
 META_FILE = "homellm-tokenizer.json"
+READ_REPORT_BYTES = 1 << 20
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -78,15 +79,23 @@ def record_text(record: Record) -> str:
     return "\n".join(t.text for t in record.turns)
 
 
-def iter_records(path: Path) -> Iterator[Record]:
+def iter_records(path: Path, read: Callable[[int], None] | None = None) -> Iterator[Record]:
+    """The records of a .jsonl split; ``read(bytes so far)`` is called every ~1 MiB and at EOF."""
+    done = reported = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
+            done += len(line)
+            if read and done - reported >= READ_REPORT_BYTES:
+                read(done)
+                reported = done
             if not line.strip():
                 continue
             try:
                 yield from_json(json.loads(line))
             except (ValueError, TypeError, KeyError) as exc:
                 raise TokenizerError(f"{path}:{number}: not a dataset record ({exc})") from None
+    if read:
+        read(done)
 
 
 def _units(record: Record) -> Iterator[tuple[str, str]]:
@@ -166,6 +175,15 @@ def _hf_files(tokenizer: Tokenizer, specials: list[str]) -> dict[str, str]:
     }
 
 
+def _read_hook(progress: Progress | None, path: Path) -> Callable[[int], None] | None:
+    """Progress of the one pass over the train split: bytes read of its size."""
+    if progress is None:
+        return None
+    size = path.stat().st_size
+    progress("read", 0, size)
+    return lambda done: progress("read", done, size)
+
+
 def train_tokenizer(layout_or_texts: DatasetLayout | Path | str | Iterable[str],
                     out_dir: Path | str, *, vocab_size: int,
                     special_tokens: Iterable[str] = (),
@@ -186,19 +204,17 @@ def train_tokenizer(layout_or_texts: DatasetLayout | Path | str | Iterable[str],
         train = layout.split_file("train")
         if not train.is_file():
             raise TokenizerError(f"{train}: no train split (run `homellm data split` first)")
-        records: Iterable[Record] = iter_records(train)
+        records: Iterable[Record] = iter_records(train, _read_hook(progress, train))
         source = str(train)
     else:
         records = (Document(id=str(i), source="texts", text=t)
                    for i, t in enumerate(layout_or_texts))
         source = "texts"
-    if progress:
-        progress("sample", 0, sample_bytes)
     texts = sample_texts(records, sample_bytes, seed)
     sampled = sum(len(t.encode("utf-8")) for t in texts)
     if not texts:
         raise TokenizerError(f"{source}: no text to train a tokenizer on")
-    if progress:
+    if progress:  # the trainer reports nothing until it is done: no total to show
         progress("train", 0, None)
     tokenizer = _new_tokenizer()
     trainer = trainers.BpeTrainer(
@@ -225,7 +241,7 @@ def train_tokenizer(layout_or_texts: DatasetLayout | Path | str | Iterable[str],
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     if progress:
-        progress("done", sampled, sampled)
+        progress("train", sampled, sampled)
     return out
 
 

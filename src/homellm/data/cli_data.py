@@ -155,20 +155,24 @@ def _short(value: Any) -> Any:
     return value
 
 
-def stage_progress(console: Console) -> Any:
-    """A rich progress bar fed by ``(stage, done, total)`` calls (rate and ETA per stage)."""
+def stage_progress(console: Console, in_bytes: bool = False) -> Any:
+    """A rich progress bar fed by ``(stage, done, total)`` calls (rate and ETA per stage);
+    ``in_bytes``: done and total are bytes."""
     from rich.progress import (
         BarColumn,
+        DownloadColumn,
         MofNCompleteColumn,
         Progress,
         TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
+        TransferSpeedColumn,
     )
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-                        console=console)
+    counts = ((DownloadColumn(), TransferSpeedColumn()) if in_bytes
+              else (MofNCompleteColumn(),))
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *counts,
+                        TaskProgressColumn(), TimeRemainingColumn(), console=console)
     tasks: dict[str, Any] = {}
 
     def hook(stage: str, done: int, total: int | None) -> None:
@@ -228,7 +232,7 @@ def tokenizer_train(
 
     console = Console()
     try:
-        progress, hook = stage_progress(console)
+        progress, hook = stage_progress(console, in_bytes=True)
         with progress:
             folder = train_tokenizer(DatasetLayout(dataset), out, vocab_size=vocab,
                                      special_tokens=tuple(special or ()),
