@@ -1,13 +1,23 @@
-"""Scrubbing contacts out of dialogues, leaving dates, times, prices and numbers alone."""
+"""Scrubbing contacts and Russian identity and payment numbers out of dialogues, leaving dates,
+times, prices and other numbers alone."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from homellm.data.layout import DatasetLayout
+from homellm.data.pii_ru import iban_ok, inn_ok, luhn_ok, snils_ok
 from homellm.data.records import Conversation, Document, Turn
 from homellm.data.scrub import scrub_record, scrub_text
+from homellm.data.split import write_splits
+
+from .pii_ru_cases import FALSE_CASES, TRUE_CASES, expected, raw, tally
 
 
 @pytest.mark.parametrize(("text", "expected", "kinds"), [
@@ -34,7 +44,7 @@ def test_contacts_replaced_and_counted(text: str, expected: str, kinds: dict[str
     "Дата 2024-03-12, или 12/03/2024, или 12-03-2024.",
     "Цена 1 500 руб., со скидкой 1500,00 ₽ или $19.99; было 2 990 р.",
     "В 1995 году в городе было 1 000 000 жителей и 8 900 000 деревьев.",
-    "ИНН 7707083893, счёт 40817810099910004312, заказ №12345678901.",
+    "ИНН 7707083894, заказ №7707083893, заказ №12345678901.",
     "Время 10:00-12:30, 2-3 раза в день, скидка 10-15%.",
     "Координаты 55.755826, 37.617300; версия 3.11.7.",
     "т.е. и т.д., т.к. см. стр. 5, гл. 3.",
@@ -65,3 +75,50 @@ def test_scrub_record_copies_every_turn() -> None:
     assert conv.turns[0].text.endswith("000-11-22")  # the original is left alone
     doc, counts = scrub_record(Document(id="d", source="s", text="см. www.azbyka.ru"))
     assert doc.text == "см. <url>" and counts == Counter(url=1)
+
+
+@pytest.mark.parametrize("case", TRUE_CASES + FALSE_CASES)
+def test_russian_pii_corpus(case: str) -> None:
+    text, counts = scrub_text(raw(case))
+    assert text == expected(case)
+    assert counts == Counter(re.findall(r"<(\w+)>", expected(case)))
+
+
+def test_russian_pii_precision_and_recall() -> None:
+    # the figures docs/data.md states; a change to the scrubber or the corpus must update both
+    tp, fp, fn = tally(TRUE_CASES + FALSE_CASES)
+    assert (tp, fp, fn) == (26, 0, 4)
+    assert tally(FALSE_CASES) == (0, 0, 0)
+    assert round(tp / (tp + fp), 2) == 1.0 and round(tp / (tp + fn), 2) == 0.87
+
+
+@pytest.mark.parametrize(("check", "good", "bad"), [
+    (luhn_ok, ["4276 7104 6563 4148", "371414129173666"], ["4276 7104 6563 4149", "9785171183660"]),
+    (snils_ok, ["112-233-445 95", "08740756798"], ["123-456-789 01", "112-233-445 96"]),
+    (inn_ok, ["7707083893", "500100732259"], ["7707083894", "500100732258", "1234567890"]),
+    (iban_ok, ["DE89370400440532013000", "GB82 WEST 1234 5698 7654 32"],
+     ["DE89370400440532013001", "DE8937"]),
+])
+def test_checksums(check: Callable[[str], bool], good: list[str], bad: list[str]) -> None:
+    assert all(check(n) for n in good) and not any(check(n) for n in bad)
+
+
+def test_snils_checksum_edges() -> None:
+    # sums: 360 -> mod 101 = 57; 99 stays; 100 and 101 -> 00; 202 -> 0; 201 -> 100 -> 00
+    good = ["888-888-888 57", "000-029-998 99", "000-029-999 00", "000-038-999 00",
+            "002-999-998 00", "002-999-997 00"]
+    assert all(snils_ok(n) for n in good)
+    assert not any(snils_ok(n) for n in ["000-029-999 100"[:-1], "000-038-999 01",
+                                         "002-999-997 100"[:-1]])
+
+
+def test_pii_counts_per_kind_reach_the_split_stats(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path / "ds")
+    conv = Conversation(id="pii", source="chat.sql", turns=[
+        Turn("user", "Карта 2200 1107 0434 1925, ИНН 7707083893, паспорт 45 06 123456"),
+        Turn("assistant", "СНИЛС 112-233-445 95 и р/с 40817810099910004312 записал, "
+                          "заказ №1234567890.")])
+    stats = write_splits([conv], layout, seed=0)
+    saved = json.loads(layout.split_stats.read_text(encoding="utf-8"))
+    kinds = {"card": 1, "inn": 1, "passport": 1, "snils": 1, "account": 1}
+    assert stats.scrub == kinds and saved["scrub"] == kinds

@@ -59,8 +59,8 @@ def ingest(
     seed: Annotated[int, Opt(help="the split's seed")] = 0,
     split: Annotated[str, Opt(help="train,val,test fractions")] = "0.8,0.1,0.1",
     dedupe_threshold: Annotated[float, Opt(help="near-duplicate Jaccard threshold")] = 0.8,
-    scrub: Annotated[bool, Opt("--scrub/--no-scrub", help="replace e-mails, phones and URLs in "
-                                                          "dialogues")] = True,
+    scrub: Annotated[bool, Opt("--scrub/--no-scrub", help="replace e-mails, URLs, phones, "
+                               "cards, IBANs, accounts, SNILS, INN, passports in chats")] = True,
     yo: Annotated[str, Opt(help="keep ё, or replace it with е (keep|e)")] = "keep",
     text_field: Annotated[str, Opt(help="the text field of .jsonl/.csv/.parquet inputs")]
     = "text",

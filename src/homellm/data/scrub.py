@@ -1,10 +1,13 @@
-"""Replace e-mail addresses, phone numbers and URLs with ``<email>``, ``<phone>``, ``<url>``.
+"""Replace e-mail addresses, URLs, Russian identity and payment numbers (``pii_ru``) and phone
+numbers with typed placeholders: ``<email>``, ``<url>``, ``<card>``, ``<iban>``, ``<account>``,
+``<snils>``, ``<inn>``, ``<passport>``, ``<phone>``.
 
 On by default for dialogues (people write their contacts into chats), off for books. The
 patterns are narrow on purpose: a phone needs the shape of one (a +country code, or a Russian
 8/+7 prefix with a 3-digit code, or a 3-2-2 local number written with hyphens), so dates
 (12.03.2024, 2024-03-12), times (18:30), prices (1 500 руб., $19.99), years and counts stay.
-E-mails go first (their domain is not a URL), then URLs, then phones.
+E-mails go first (their domain is not a URL), then URLs, then the checksummed numbers (a card or
+SNILS would otherwise look like a phone to the looser phone pattern), then phones.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
+from homellm.data import pii_ru
 from homellm.data.records import Conversation, Record, Turn
 
-KINDS = ("email", "phone", "url")
-PLACEHOLDERS = {"email": "<email>", "phone": "<phone>", "url": "<url>"}
+KINDS = ("email", "url", *pii_ru.KINDS, "phone")
+PLACEHOLDERS = {kind: f"<{kind}>" for kind in KINDS}
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?![\w@])")
 
@@ -75,6 +79,10 @@ def scrub_text(text: str, kinds: Iterable[str] = KINDS) -> tuple[str, Counter[st
         text, counts["email"] = _EMAIL.subn(PLACEHOLDERS["email"], text)
     if "url" in wanted and "." in text:
         text, counts["url"] = _scrub_urls(text)
+    if any(ch.isdigit() for ch in text):
+        for kind in pii_ru.KINDS:
+            if kind in wanted:
+                text, counts[kind] = pii_ru.scrub_kind(text, kind, PLACEHOLDERS[kind])
     if "phone" in wanted:
         found = 0
 
