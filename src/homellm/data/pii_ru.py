@@ -6,10 +6,12 @@ Applied in this order, each on what the one before left:
 - iban: two capital letters, two check digits, 11-30 letters/digits (groups of 4 allowed); mod 97.
   First, because an IBAN's middle groups can look like a Luhn-valid card.
 - card: 13-19 digits starting 2-6 (Mir, Visa, Mastercard, Amex, Maestro, UnionPay), solid or in
-  the printed groups (4-4-4-4[-3], 4-6-5, 4-6-4) with one kind of separator; Luhn-checked.
+  the printed groups (4-4-4-4[-3], 4-6-5, 4-6-4) with one kind of separator; Luhn-checked. Solid
+  13 digits only from 4 (Visa) and 14 only from 3 (Diners), so a 20240312183013 timestamp stays.
 - account: a Russian 20-digit account after "р/с", "к/с", "л/с", "счёт"; it has no checksum of
   its own (that needs the bank's BIK), so the context word is required.
-- snils: ``123-456-789 01`` anywhere, 11 solid digits only after "СНИЛС"; checksum.
+- snils: ``123-456-789 01`` anywhere, ``123 456 789 01`` or 11 solid digits only after "СНИЛС";
+  checksum.
 - inn: 12 digits (two check digits, so 1 in 100 random numbers pass) anywhere, 10 digits (one
   check digit) only after "ИНН"; checksums.
 - passport: series and number ``45 06 123456`` anywhere, ``4506 123456`` / ``4506123456`` only
@@ -41,15 +43,17 @@ _CTX_ACCOUNT = _context(r"\b[ркл]\s?[/\\]\s?с\b|\bсч[её]т\w*|\baccount"
 _CTX_PASSPORT = _context(r"\bпаспорт\w*|\bсери[яиюей]")
 
 _CARD = re.compile(
-    _NOT_BEFORE + r"(?P<n>[2-6]\d{3}(?P<s>[ -]?)\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{3})?"
-    r"|[2-6]\d{3}(?P<t>[ -]?)\d{6}(?P=t)\d{4,5}"
-    r"|[2-6]\d{12,18})" + _NOT_AFTER)
+    _NOT_BEFORE + r"(?P<n>[2-6]\d{3}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{3})?"
+    r"|[2-6]\d{3}(?P<t>[ -])\d{6}(?P=t)\d{4,5}"
+    r"|4\d{12}|3\d{13}|[2-6]\d{14,18})" + _NOT_AFTER)
 _IBAN = re.compile(r"(?<![\w])(?P<n>[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)"
                    r"(?![\w])")
 _ACCOUNT = re.compile(_NOT_BEFORE + r"(?P<n>\d{5}[ .]?\d{3}[ .]?\d[ .]?\d{4}[ .]?\d{7})"
                       + _NOT_AFTER)
-_SNILS = re.compile(_NOT_BEFORE + r"(?P<n>\d{3}-\d{3}-\d{3}[ -]\d{2}|\d{11})" + _NOT_AFTER)
-_INN = re.compile(_NOT_BEFORE + r"(?P<n>\d{12}|\d{10})" + _NOT_AFTER)
+_SNILS = re.compile(_NOT_BEFORE + r"(?P<n>\d{3}(?P<s>[- ])\d{3}(?P=s)\d{3}[ -]\d{2}|\d{11})"
+                    + _NOT_AFTER)
+# "ИНН/КПП 7707083893/773601001" is how firms write both
+_INN = re.compile(_NOT_BEFORE + r"(?P<n>\d{12}|\d{10})(?![\w]|[.,-]\d)")
 _PASSPORT = re.compile(
     _NOT_BEFORE + r"(?P<n>(?P<ser>\d{2} ?\d{2}) ?(?:(?:№|N|номер|no\.?) ?)?\d{6})" + _NOT_AFTER,
     re.IGNORECASE)
@@ -114,7 +118,8 @@ def _account(m: re.Match[str], text: str) -> bool:
 
 
 def _snils(m: re.Match[str], text: str) -> bool:
-    return snils_ok(m["n"]) and ("-" in m["n"] or _after(_CTX_SNILS, text, m.start()))
+    dashed = m["s"] == "-"
+    return snils_ok(m["n"]) and (dashed or _after(_CTX_SNILS, text, m.start()))
 
 
 def _inn(m: re.Match[str], text: str) -> bool:
