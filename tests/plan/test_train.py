@@ -147,6 +147,27 @@ def test_3b_model_states_are_48_gb_plus_activations() -> None:
                ("weights", "grads", "master", "optimizer")) == pytest.approx(states)
 
 
+def test_on_cpu_the_estimate_has_no_cuda_context_or_nccl() -> None:
+    from homellm.train.preflight import describe_memory, preflight_memory
+    from homellm.train.runconfig import parse_run_config
+
+    model = SIZES["3B"][0]
+    kw = {"strategy": "ddp", "n_gpus": 2, "seq": 2048, "micro_batch": 1, "checkpointing": True}
+    cuda, cpu = memory_plan(model, 95.6, **kw), memory_plan(model, 95.6, device="cpu", **kw)
+    assert "CUDA context" in _get(cuda.components, "train.mem.ddp.ac.overhead").label
+    cpu_text = " ".join(f"{f.label} {f.note or ''}" for f in cpu.figures())
+    assert "CUDA context, " not in cpu_text and "runtime (CPU)" in cpu_text
+    assert (cpu.total.label, cpu.capacity.label) == ("total per process", "usable RAM")
+    assert cpu.total.value < cuda.total.value and all(f.check() for f in cpu.figures())
+    config = parse_run_config("model: 125M\ntokenizer: tok\ndataset: shards\nout: runs/a\n"
+                              "tokens: 1000000\n", "run.yaml")
+    line = describe_memory(preflight_memory(config, 64, 1, vocab_size=32000, device="cpu"))
+    assert line.startswith("memory per process (single")
+    assert "CUDA" not in line and "NCCL" not in line and "runtime (CPU)" in line
+    with pytest.raises(ConfigError, match=r"per process > .*\(single, 1 process\)"):
+        preflight_memory(config, 0.5, 1, vocab_size=32000, device="cpu")
+
+
 def test_largest_micro_batch_fits_and_one_more_does_not() -> None:
     model = SIZES["1.3B"][0]
     for ac in (False, True):

@@ -65,7 +65,7 @@ def test_loss_falls_and_the_run_folder_has_everything(tmp_path: Path,
     assert 0 < evals[("val", 40)]["bpb"] < evals[("val", 40)]["bpc"]
     assert rows(run_dir, "sample") and rows(run_dir, "positions")
     assert (run_dir / "report" / "index.html").exists()
-    assert "parameters:" in result.stdout and "memory per GPU" in result.stdout
+    assert "parameters:" in result.stdout and "memory per process" in result.stdout
 
 
 def test_sigkill_then_resume_gives_bit_identical_losses(tmp_path: Path,
@@ -220,7 +220,7 @@ def test_a_run_that_cannot_fit_is_refused_before_any_work(
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: needs "), result.stderr
-    assert "GiB per GPU >" in lines[0] and fix in lines[0]
+    assert "GiB per process >" in lines[0] and fix in lines[0]
     assert not (tmp_path / "run").exists()
 
 

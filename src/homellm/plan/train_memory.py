@@ -36,6 +36,10 @@ _ZERO = "ZeRO (Rajbhandari et al. 2019) §3.1: mixed-precision Adam = 16 bytes/p
 _ACT_SRC = ("own count for a Llama/Qwen3 block with flash attention, cf. Korthikanti et al. "
             "2022 eq. 1: 34·s·b·h + 5·a·s²·b (flash attention removes the s² term)")
 DEFAULT_OVERHEAD_GIB = 1.5
+# a CPU process has no CUDA context, cuBLAS workspaces or NCCL buffers: the Python and PyTorch
+# runtime (libtorch, the interpreter, gloo) is what remains
+DEFAULT_CPU_OVERHEAD_GIB = 0.5
+DEVICES = ("cuda", "cpu")
 DEFAULT_CE_CHUNK = 4096
 # Part of the GPU a plan fills: the rest is headroom for the caching allocator's fragmentation
 # and transient buffers (an assumption until `homellm train` measures the real peak).
@@ -54,6 +58,12 @@ class MemoryPlan:
     fits: bool
     max_micro_batch: Figure          # largest micro-batch that fits in this layout
     notes: list[str] = field(default_factory=list)
+    device: str = "cuda"             # "cpu": per process, in the machine's RAM
+
+    @property
+    def unit(self) -> str:
+        """What one share of memory is: a GPU, or a CPU process."""
+        return "process" if self.device == "cpu" else "GPU"
 
     def figures(self) -> list[Figure]:
         return [*self.components, self.total, self.capacity, self.max_micro_batch]
@@ -143,25 +153,29 @@ def _states(model: ModelSpec, strategy: str, n: int, precision: str,
 
 def memory_plan(model: ModelSpec, memory_gib: float, *, strategy: str, n_gpus: int, seq: int,
                 micro_batch: int, checkpointing: bool, precision: str = "amp",
-                chunked_ce: bool = False, overhead_gib: float = DEFAULT_OVERHEAD_GIB,
-                headroom: float = DEFAULT_HEADROOM) -> MemoryPlan:
-    """Memory per GPU of one layout; ``memory_gib`` is what one GPU offers."""
+                chunked_ce: bool = False, overhead_gib: float | None = None,
+                headroom: float = DEFAULT_HEADROOM, device: str = "cuda") -> MemoryPlan:
+    """Memory per GPU of one layout; ``memory_gib`` is what one GPU offers. On ``device="cpu"``
+    it is per process and ``memory_gib`` is the RAM one process may use."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {DEVICES}, not {device!r}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     prefix = f"train.mem.{strategy}{'.ac' if checkpointing else ''}"
     fixed = _states(model, strategy, n_gpus, precision, prefix)
-    fixed.append(fig(f"{prefix}.overhead", "CUDA context, workspaces, NCCL", "GiB",
-                     value=overhead_gib, note="allowance; measure with homellm train "
-                                              "calibrate"))
+    fixed.append(_overhead(prefix, device, overhead_gib))
     act = activations(model, seq, micro_batch, checkpointing, prefix)
     lg = logits(model, seq, micro_batch, chunked_ce, prefix)
     parts = [*fixed, act, lg]
     names = {p.key.rsplit(".", 1)[1]: p.value for p in parts}
-    total = fig(f"{prefix}.total", "total per GPU", "GiB", " + ".join(names), **names)
-    capacity = fig(f"{prefix}.capacity", "usable GPU memory", "GiB", "M * u", M=memory_gib,
-                   u=headroom, note="the rest is headroom for allocator fragmentation")
+    cpu = device == "cpu"
+    total = fig(f"{prefix}.total", f"total per {'process' if cpu else 'GPU'}", "GiB",
+                " + ".join(names), **names)
+    capacity = fig(f"{prefix}.capacity", "usable RAM" if cpu else "usable GPU memory", "GiB",
+                   "M * u", M=memory_gib, u=headroom,
+                   note="the rest is headroom for allocator fragmentation")
     # largest micro-batch: fixed part plus a per-sequence part (activations and logits at b=1)
     one_act = activations(model, seq, 1, checkpointing, prefix).value
     one_lg = logits(model, seq, 1, chunked_ce, prefix).value
@@ -174,16 +188,27 @@ def memory_plan(model: ModelSpec, memory_gib: float, *, strategy: str, n_gpus: i
                note=f"at {seq} tokens per sequence")
     notes = []
     if not chunked_ce and lg.value > 0.25 * capacity.value:
-        notes.append("logits take over a quarter of the GPU: use a chunked cross-entropy")
+        notes.append(f"logits take over a quarter of the {'RAM' if cpu else 'GPU'}: use a "
+                     "chunked cross-entropy")
     return MemoryPlan(strategy, checkpointing, micro_batch, parts, total, capacity,
-                      total.value <= capacity.value, best, notes)
+                      total.value <= capacity.value, best, notes, device)
+
+
+def _overhead(prefix: str, device: str, gib: float | None) -> Figure:
+    if device == "cpu":
+        return fig(f"{prefix}.overhead", "Python and PyTorch runtime (CPU)", "GiB",
+                   value=DEFAULT_CPU_OVERHEAD_GIB if gib is None else gib,
+                   note="allowance; on CPU there is no CUDA context or NCCL (gloo)")
+    return fig(f"{prefix}.overhead", "CUDA context, workspaces, NCCL", "GiB",
+               value=DEFAULT_OVERHEAD_GIB if gib is None else gib,
+               note="allowance; measure with homellm train calibrate")
 
 
 def choose_layout(model: ModelSpec, memory_gib: float, *, n_gpus: int, seq: int,
                   strategy: str = "auto", precision: str = "amp", chunked_ce: bool = False,
-                  overhead_gib: float = DEFAULT_OVERHEAD_GIB, micro_batch: int | None = None,
+                  overhead_gib: float | None = None, micro_batch: int | None = None,
                   checkpointing: bool | None = None, headroom: float = DEFAULT_HEADROOM,
-                  max_auto_batch: int = 32) -> tuple[str, bool, int, str]:
+                  max_auto_batch: int = 32, device: str = "cuda") -> tuple[str, bool, int, str]:
     """(strategy, checkpointing, micro_batch, why) for ``strategy="auto"`` or a given one.
 
     Order of preference: no checkpointing (it recomputes the forward, ~1/3 more compute), then
@@ -204,7 +229,7 @@ def choose_layout(model: ModelSpec, memory_gib: float, *, n_gpus: int, seq: int,
             m = memory_plan(model, memory_gib, strategy=s, n_gpus=n_gpus, seq=seq,
                             micro_batch=1, checkpointing=ac, precision=precision,
                             chunked_ce=chunked_ce, overhead_gib=overhead_gib,
-                            headroom=headroom)
+                            headroom=headroom, device=device)
             best = int(m.max_micro_batch.value)
             if best >= need:
                 why = (f"{s} fits {best} sequences of {seq} tokens"

@@ -31,9 +31,11 @@ def run_model_spec(config: RunConfig, vocab_size: int | None = None) -> ModelSpe
 
 
 def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
-                     vocab_size: int | None = None, spec: ModelSpec | None = None) -> MemoryPlan:
+                     vocab_size: int | None = None, spec: ModelSpec | None = None,
+                     device: str = "cuda") -> MemoryPlan:
     """Memory per GPU by component at the run's largest stage (the one needing most). Raises
-    ConfigError in one line when it will not fit, naming settings that would make it fit."""
+    ConfigError in one line when it will not fit, naming settings that would make it fit.
+    ``device="cpu"``: per process, ``gpu_memory_gib`` being the RAM one process may use."""
     if n_gpus < 1:
         raise ConfigError(f"preflight: n_gpus must be 1 or more, got {n_gpus}")
     spec = spec or run_model_spec(config, vocab_size)
@@ -41,9 +43,9 @@ def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
     plans: list[tuple[Stage, str, MemoryPlan]] = []
     for stage in config.stages():
         mb = stage.micro_batch or config.micro_batch
-        strategy = _strategy(config, spec, gpu_memory_gib, n_gpus, stage.seq_len, mb)
+        strategy = _strategy(config, spec, gpu_memory_gib, n_gpus, stage.seq_len, mb, device)
         plan = memory_plan(spec, gpu_memory_gib, strategy=strategy, n_gpus=n_gpus,
-                           seq=stage.seq_len, micro_batch=mb, checkpointing=ac)
+                           seq=stage.seq_len, micro_batch=mb, checkpointing=ac, device=device)
         plans.append((stage, strategy, plan))
     stage, strategy, worst = max(plans, key=lambda p: p[2].total.value - p[2].capacity.value)
     if config.precision == "fp32":
@@ -56,29 +58,32 @@ def preflight_memory(config: RunConfig, gpu_memory_gib: float, n_gpus: int, *,
               is None else f"curriculum.{index}.micro_batch")
     seq_key = f"curriculum.{index}.seq_len" if config.curriculum else "seq_len"
     fixes = _fixes(spec, gpu_memory_gib, n_gpus, stage.seq_len, strategy, worst, mb_key, seq_key)
-    raise ConfigError(f"{where}needs {worst.total.value:.1f} GiB per GPU > "
+    unit = worst.unit
+    units = unit + ("es" if unit == "process" else "s") * (n_gpus > 1)
+    raise ConfigError(f"{where}needs {worst.total.value:.1f} GiB per {unit} > "
                       f"{worst.capacity.value:.1f} GiB usable of {round(gpu_memory_gib, 1):g} "
-                      f"({strategy}, {n_gpus} GPU{'s' if n_gpus > 1 else ''}): {fixes}")
+                      f"({strategy}, {n_gpus} {units}): {fixes}")
 
 
 def describe_memory(plan: MemoryPlan) -> str:
     """One line for the start of a run: the estimate by component, largest first."""
     parts = sorted(plan.components, key=lambda c: -c.value)
     listed = ", ".join(f"{c.label} {c.value:.2f}" for c in parts if c.value >= 0.005)
-    return (f"memory per GPU ({plan.strategy}, micro_batch {plan.micro_batch}"
+    return (f"memory per {plan.unit} ({plan.strategy}, micro_batch {plan.micro_batch}"
             f"{', checkpointing' if plan.checkpointing else ''}): {plan.total.value:.1f} GiB of "
             f"{plan.capacity.value:.1f} usable = {listed} GiB")
 
 
 def _strategy(config: RunConfig, spec: ModelSpec, memory: float, n_gpus: int, seq: int,
-              micro_batch: int) -> str:
+              micro_batch: int, device: str) -> str:
     if n_gpus == 1:
         return "single"
     if config.strategy != "auto":
         return config.strategy
     chosen, _, _, _ = choose_layout(spec, memory, n_gpus=n_gpus, seq=seq, strategy="auto",
                                     micro_batch=micro_batch,
-                                    checkpointing=config.activation_checkpointing)
+                                    checkpointing=config.activation_checkpointing,
+                                    device=device)
     return chosen
 
 
@@ -87,7 +92,8 @@ def _fixes(spec: ModelSpec, memory: float, n_gpus: int, seq: int, strategy: str,
     def fits(**changes: Any) -> bool:
         args: dict[str, Any] = {"strategy": strategy, "n_gpus": n_gpus, "seq": seq,
                                 "micro_batch": plan.micro_batch,
-                                "checkpointing": plan.checkpointing, **changes}
+                                "checkpointing": plan.checkpointing, "device": plan.device,
+                                **changes}
         return memory_plan(spec, memory, **args).fits
 
     out = []
@@ -108,7 +114,7 @@ def _fixes(spec: ModelSpec, memory: float, n_gpus: int, seq: int, strategy: str,
     lean = ["activation_checkpointing: true"] * (not plan.checkpointing)
     lean += ["strategy: fsdp2"] * (lean_strategy != strategy)
     lean_plan = memory_plan(spec, memory, strategy=lean_strategy, n_gpus=n_gpus, seq=seq,
-                            micro_batch=1, checkpointing=True)
+                            micro_batch=1, checkpointing=True, device=plan.device)
     if (k := int(lean_plan.max_micro_batch.value)) >= 1:
         return f"set {', '.join([*lean, f'{mb_key} ≤ {k}'])}"
     shorter = seq // 2
