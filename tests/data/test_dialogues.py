@@ -144,6 +144,16 @@ def test_bad_mappings(spec: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["dump", "sqlite"])
+def test_roles_that_match_nothing_name_the_roles_found(tmp_path: Path, kind: str) -> None:
+    source = write_dump(tmp_path) if kind == "dump" else write_db(tmp_path / "x.db")
+    wrong = MAP.replace("roles=user:user,bot:assistant,admin:system", "roles=u:user,b:assistant")
+    with pytest.raises(ConfigError, match=r"roles=u:user,b:assistant match no turn of table "
+                       r"messages; its role column holds 'user' ×\d+, 'bot' ×\d+") as err:
+        list(iter_conversations(source, DialogueMap.parse(wrong)))
+    assert "\n" not in str(err.value) and "'admin' ×1" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["dump", "sqlite"])
 def test_missing_table_or_column_lists_what_exists(tmp_path: Path, kind: str) -> None:
     source = write_dump(tmp_path) if kind == "dump" else write_db(tmp_path / "x.db")
     with pytest.raises(ConfigError, match=r"no table 'msgs'; tables: .*messages\(id, chat_id, "

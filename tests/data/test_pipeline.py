@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -175,3 +176,22 @@ def test_tokenizer_and_shards_from_the_cli(tmp_path: Path) -> None:
     data = json.loads(run("data", "report", str(ds), "--json"))
     (tokens,) = data["tokens"].values()
     assert tokens["train"] > 0 and set(tokens) == {"train", "val", "test"}
+
+
+def test_roles_matching_nothing_and_an_empty_folder_are_one_line_errors(tmp_path: Path) -> None:
+    src = corpus(tmp_path / "in", conversations=5)
+    wrong = MAP.replace("roles=user:user,bot:assistant", "roles=u:user,b:assistant")
+    for args, message in (
+            ([str(src / "chats.sql"), "--map", wrong],
+             r"roles=u:user,b:assistant match no turn of table messages; its role column holds "
+             r"'user' ×10, 'bot' ×10"),
+            ([str(tmp_path / "empty")], r"empty: no input files found")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        result = subprocess.run([*HOMELLM, "data", "ingest", *args, "-o", str(tmp_path / "out"),
+                                 "--workers", "1"], capture_output=True, text=True,
+                                env={**os.environ, "COLUMNS": "300"})
+        errors = [line for line in result.stderr.splitlines() + result.stdout.splitlines()
+                  if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1, result.stdout + result.stderr
+        assert re.search(message, errors[0]), errors[0]
+        assert "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ bounded memory, and it is in the standard library. A live database sorts its own
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 import sqlite3
@@ -365,6 +366,8 @@ def _build(rows: Iterator[tuple[Any, Any, Any]], mapping: DialogueMap, prefix: s
            stats: DialogueStats) -> Iterator[Conversation]:
     """Sorted (conversation, speaker, text) rows → Conversations."""
     roles, rule = mapping.roles, mapping.role_rule
+    unmapped: collections.Counter[str] = collections.Counter()
+    mapped = 0
     for conv, group in itertools.groupby(rows, key=lambda r: r[0]):
         turns: list[Turn] = []
         first = None
@@ -383,7 +386,9 @@ def _build(rows: Iterator[tuple[Any, Any, Any]], mapping: DialogueMap, prefix: s
                 role = roles.get(speaker) or roles.get(speaker.lower())
             if role is None:
                 stats.unmapped_roles += 1
+                unmapped[speaker] += 1
                 continue
+            mapped += 1
             if turns and turns[-1].role == role:
                 turns[-1].text += "\n" + text
             else:
@@ -395,6 +400,12 @@ def _build(rows: Iterator[tuple[Any, Any, Any]], mapping: DialogueMap, prefix: s
         stats.turns += len(turns)
         yield Conversation(id=f"{prefix}:{conv}", source=label, turns=turns,
                            meta={"table": prefix.split(":", 1)[1], "conversation": conv})
+    if unmapped and not mapped:
+        found = ", ".join(f"{value!r} ×{n}" for value, n in unmapped.most_common(10))
+        more = f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else ""
+        given = ",".join(f"{k}:{v}" for k, v in roles.items())
+        raise ConfigError(f"{label}: roles={given} match no turn of table "
+                          f"{prefix.split(':', 1)[1]}; its role column holds {found}{more}")
 
 
 def inspect_dump(path_or_url: str | Path, samples: int = 3, *,

@@ -93,6 +93,7 @@ def classify(source: str) -> str:
 def expand_inputs(sources: Iterable[str | Path]) -> list[Input]:
     """Files as given, folders walked (supported files, sorted), database URLs as they are."""
     found: list[Input] = []
+    sources = list(sources)
     for source in sources:
         text = str(source)
         if "://" in text:
@@ -109,8 +110,9 @@ def expand_inputs(sources: Iterable[str | Path]) -> list[Input]:
         else:
             raise ConfigError(f"{path}: no such file or folder")
     if not found:
-        raise ConfigError("no input files found (supported: .txt .md .fb2 .epub .jsonl .csv "
-                          ".parquet, SQL dumps, SQLite files)")
+        where = ", ".join(str(s) for s in sources)
+        raise ConfigError(f"{where}: no input files found (supported: .txt .md .fb2 .epub "
+                          ".jsonl .csv .parquet, SQL dumps, SQLite files)")
     return found
 
 
