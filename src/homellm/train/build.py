@@ -3,6 +3,7 @@ model, the optimizer and schedule, the memory check. ``loop.py`` calls these in 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Any
 
 import torch
 
-from homellm.data.reader import ShardSet
+from homellm.data.layout import DatasetLayout
+from homellm.data.reader import ShardSet, WindowLoader
 from homellm.data.shards import MANIFEST, ShardError
 from homellm.errors import ConfigError, HomellmError
 from homellm.plan.train_memory import MemoryPlan
@@ -20,6 +22,8 @@ from homellm.train.preflight import preflight_memory, run_model_config
 from homellm.train.runconfig import RunConfig, Stage
 from homellm.train.schedule import lambda_for
 
+SHARDS_FORMAT = "homellm-shards"  # every version of the shards manifest
+
 
 class TrainError(HomellmError):
     """A run that cannot start or go on (bad data, mismatched tokenizer, no memory)."""
@@ -27,17 +31,43 @@ class TrainError(HomellmError):
 
 # --- data --------------------------------------------------------------------------------------
 
+def _is_shards_folder(folder: Path) -> bool:
+    """A shards folder's manifest names its tokenizer; the dataset folder's own manifest.json
+    (inputs and split counts from ``homellm data``) does not."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        # unreadable: ShardSet.open names the problem, unless this is plainly a dataset folder
+        return not (folder / "tokens").is_dir()
+    if not isinstance(manifest, dict):
+        return True
+    return "tokenizer" in manifest or str(manifest.get("format", "")).startswith(SHARDS_FORMAT)
+
+
+def _tokenized_with(dataset: Path) -> list[str]:
+    """The tokenizer ids the dataset folder holds shards for."""
+    tokens = DatasetLayout(dataset).root / "tokens"
+    if not tokens.is_dir():
+        return []
+    return sorted(p.name for p in tokens.iterdir() if (p / MANIFEST).is_file())
+
+
 def shards_folder(config: RunConfig, tok_id: str) -> Path:
     """``dataset`` may be the shards folder or the dataset folder holding
-    ``tokens/<tokenizer id>``."""
+    ``tokens/<tokenizer id>`` (the id: tokenizer.json's sha256, as ``data tokenize`` names it)."""
     dataset = Path(config.dataset)
-    if (dataset / MANIFEST).exists():
+    if _is_shards_folder(dataset):
         return dataset
-    candidate = dataset / "tokens" / tok_id
+    candidate = DatasetLayout(dataset).tokens(tok_id)
     if (candidate / MANIFEST).exists():
         return candidate
-    raise TrainError(f"{dataset}: no token shards for tokenizer {tok_id} (run `homellm data "
-                     f"tokenize {dataset} --tokenizer {config.tokenizer}`)")
+    others = _tokenized_with(dataset)
+    has = (f"has tokens for tokenizer{'s' if len(others) > 1 else ''} {', '.join(others)} only"
+           if others else "has no token shards")
+    raise TrainError(f"{dataset}: {has}, not for the run's tokenizer {tok_id} (run `homellm "
+                     f"data tokenize {dataset} --tokenizer {config.tokenizer}`)")
 
 
 def open_split(folder: Path, split: str, tok_id: str, *, required: bool) -> ShardSet | None:
@@ -51,6 +81,30 @@ def open_split(folder: Path, split: str, tok_id: str, *, required: bool) -> Shar
         raise TrainError(f"{folder}: tokenized with tokenizer {shards.tokenizer_id}, the run "
                          f"uses {tok_id} (tokenize again with this tokenizer)")
     return shards
+
+
+def check_data(config: RunConfig, world_size: int) -> str:
+    """What a start checks of the data before its first step, for ``--dry-run`` and the
+    launcher: the tokenizer loads, the shards resolve, their manifest matches the tokenizer,
+    every file has its size, and each stage has a step of windows (and its mix's sources).
+    Returns one line naming the shards used."""
+    from homellm.tokenizer import load_tokenizer, tokenizer_id
+
+    load_tokenizer(config.tokenizer)
+    tok_id = tokenizer_id(config.tokenizer)
+    folder = shards_folder(config, tok_id)
+    train = open_split(folder, "train", tok_id, required=True)
+    assert train is not None
+    val = open_split(folder, "val", tok_id, required=False)
+    open_split(folder, "test", tok_id, required=False)
+    for plan in plan_stages(config, world_size):
+        try:
+            WindowLoader(train, plan.stage.seq_len, plan.micro_batch, seed=config.seed,
+                         world_size=world_size, mix=plan.stage.mix)
+        except ShardError as exc:
+            raise TrainError(str(exc)) from None
+    val_text = f", val {len(val):,}" if val is not None else ", no val split"
+    return f"data: {folder} (train {len(train):,} tokens{val_text})"
 
 
 # --- the stage plan ----------------------------------------------------------------------------
@@ -187,5 +241,4 @@ def check_memory(config: RunConfig, ctx: Dist, vocab_size: int) -> MemoryPlan:
     else:
         # CPU workers share the machine's memory
         memory = _mem_available_gib() / ctx.world_size
-    return preflight_memory(config, memory, ctx.world_size, vocab_size=vocab_size,
-                            device="cuda" if ctx.device.type == "cuda" else "cpu")
+    return preflight_memory(config, memory, ctx.world_size, vocab_size=vocab_size)

@@ -93,8 +93,13 @@ def _preflight(config: Any, gpus: list[int], nproc: int) -> str:
         memory = torch.cuda.get_device_properties(gpus[0]).total_memory / 2**30
     else:
         memory = _mem_available_gib() / nproc
-    return describe_memory(preflight_memory(config, memory, nproc,
-                                            device="cuda" if gpus else "cpu"))
+    return describe_memory(preflight_memory(config, memory, nproc))
+
+
+def _check_data(config: Any, processes: int) -> str:
+    from homellm.train.build import check_data
+
+    return check_data(config, processes)
 
 
 def train_command(
@@ -109,8 +114,9 @@ def train_command(
                               "(gloo), e.g. to test data parallelism")] = 1,
     sets: Annotated[list[str] | None, Opt("--set", help="override a setting: --set lr=3e-4 "
                                           "--set checkpoint.every_steps=100")] = None,
-    dry_run: Annotated[bool, Opt("--dry-run", help="print the model, memory, plan and the "
-                                 "torchrun command; train nothing")] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="check the data as a start does, print "
+                                 "the model, memory, plan and the torchrun command; train "
+                                 "nothing")] = False,
 ) -> None:
     """Train a model from token shards: from scratch, or SFT on dialogues (objective: sft)."""
     try:
@@ -118,6 +124,9 @@ def train_command(
         devices = _visible_gpus(config)
         processes = len(devices) if devices else nproc
         memory_line = _preflight(config, devices, processes)
+        # one process checks its data as it starts; the launcher checks before any worker does,
+        # and a dry run checks exactly what a start would
+        data_line = _check_data(config, processes) if processes > 1 or dry_run else ""
     except HomellmError as exc:
         raise fail(err_console, exc) from None
 
@@ -128,6 +137,7 @@ def train_command(
         run_dir = Path(config.out)
         spec = run_dir / RUN_CONFIG_FILE
         argv = torchrun_command([str(spec)], processes)
+        console.print(data_line)
         console.print(memory_line)
         console.print(f"torchrun: {describe_command(argv, devices)}")
         if dry_run:
