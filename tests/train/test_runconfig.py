@@ -209,6 +209,23 @@ def test_load_resolves_and_checks_paths(tmp_path: Path) -> None:
     assert load_run_config(file, check_paths=False).dataset == str(tmp_path / "missing")
 
 
+def test_sft_from_an_export_needs_no_model(tmp_path: Path) -> None:
+    for name in ("tok", "shards", "export"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
+    file = tmp_path / "run.yaml"
+    sft = "objective: sft\nmax_steps: 10\nwarmup_steps: 2\n"
+    file.write_text("tokenizer: tok\ndataset: shards\nout: runs/sft\ninit_from: export\n" + sft)
+    config = load_run_config(file)
+    assert config.model == config.init_from == str(tmp_path / "export")
+    assert config.preset is None
+    file.write_text(BASE.replace("tokens: 1000000000\n", "init_from: export\n" + sft))
+    assert load_run_config(file).model == "125m"  # an explicit model: still wins
+    file.write_text("tokenizer: tok\ndataset: shards\nout: runs/sft\nmax_steps: 10\n")
+    with pytest.raises(ConfigError, match=r"model: required field is missing"):
+        load_run_config(file)
+
+
 def test_preflight_refuses_what_cannot_fit() -> None:
     config = parse("seq_len: 131072\nmicro_batch: 4\n", base=BASE.replace("125M", "3b"))
     with pytest.raises(ConfigError) as info:

@@ -87,7 +87,8 @@ class CheckpointConfig(_Strict):
 class RunConfig(_Strict):
     """One training run. Relative paths are relative to the run config file's folder."""
 
-    model: str = Field(description="a preset (tiny, 125m, ...) or a HF config.json / folder")
+    model: str = Field(description="a preset (tiny, 125m, ...) or a HF config.json / folder; "
+                       "with init_from, that folder's config.json unless set")
     tokenizer: str = Field(description="the tokenizer folder (its vocabulary sizes the model)")
     dataset: str = Field(description="the dataset folder (its shards for this tokenizer) "
                                      "or the token shards folder itself")
@@ -157,6 +158,14 @@ class RunConfig(_Strict):
         if gpus is not None and len(set(gpus)) != len(gpus):
             raise ValueError(f"a GPU is listed twice in {gpus}")
         return gpus
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_of_init_from(cls, data: Any) -> Any:
+        # a run that starts from an export has its model: the export's config.json
+        if isinstance(data, dict) and data.get("model") is None and data.get("init_from"):
+            return {**data, "model": data["init_from"]}
+        return data
 
     @field_validator("model")
     @classmethod
