@@ -241,4 +241,5 @@ def check_memory(config: RunConfig, ctx: Dist, vocab_size: int) -> MemoryPlan:
     else:
         # CPU workers share the machine's memory
         memory = _mem_available_gib() / ctx.world_size
-    return preflight_memory(config, memory, ctx.world_size, vocab_size=vocab_size)
+    return preflight_memory(config, memory, ctx.world_size, vocab_size=vocab_size,
+                            device="cuda" if ctx.device.type == "cuda" else "cpu")

@@ -93,7 +93,8 @@ def _preflight(config: Any, gpus: list[int], nproc: int) -> str:
         memory = torch.cuda.get_device_properties(gpus[0]).total_memory / 2**30
     else:
         memory = _mem_available_gib() / nproc
-    return describe_memory(preflight_memory(config, memory, nproc))
+    return describe_memory(preflight_memory(config, memory, nproc,
+                                            device="cuda" if gpus else "cpu"))
 
 
 def _check_data(config: Any, processes: int) -> str:
