@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,26 +51,34 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("models") / "demo")
 
 
+def wait_for_200(url: str, proc: subprocess.Popen, timeout_s: float,
+                 why: Callable[[], str]) -> None:
+    """Poll ``url`` until it answers 200, while ``proc`` lives, for at most ``timeout_s``;
+    ``why()`` is the failure message (a log, say)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, why()
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def fake_backend_process(*args: str) -> Iterator[str]:
     """A FAKE streaming backend (homellm.gateway.fakebackend) in its own process; yields its
     base URL once /health answers, terminates it afterwards."""
-    import httpx
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "homellm.gateway.fakebackend", "--port",
                              str(port), *args])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "fake backend never up"
-            time.sleep(0.1)
+        wait_for_200(url + "/health", proc, 20, lambda: "fake backend never up")
         yield url
     finally:
         proc.terminate()

@@ -32,7 +32,7 @@ from homellm.errors import ConfigError
 from homellm.gateway.fakebackend import FakeBackend
 from homellm.reload import reload_stack
 from homellm.up import Running, running_stack
-from tests.conftest import fake_backend_process, free_port
+from tests.conftest import fake_backend_process, free_port, wait_for_200
 from tests.gateway.conftest import LoopThread, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,15 +137,7 @@ def up_process(tmp_path: Path, stack: str, port: int) -> Iterator[str]:
                               env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert up.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+            wait_for_200(url + "/ready", up, 60, log_path.read_text)
             yield url
         finally:
             up.send_signal(signal.SIGINT)
